@@ -1,0 +1,25 @@
+"""Text graphs, pairs, data formats and datasets (imports neither ``nn`` nor ``loss``)."""
+
+from pyg_grapheme.data.graphemes import (
+    GRAPHEME_WIDTH,
+    NUM_BYTE_CLASSES,
+    PAD,
+    graph_to_text,
+    graphs_to_texts,
+    text_to_graph,
+)
+from pyg_grapheme.data.pair import FOLLOW_BATCH, PairData, split_pair_batch
+from pyg_grapheme.data.transforms import TextToGraph
+
+__all__ = [
+    "GRAPHEME_WIDTH",
+    "NUM_BYTE_CLASSES",
+    "PAD",
+    "FOLLOW_BATCH",
+    "PairData",
+    "TextToGraph",
+    "graph_to_text",
+    "graphs_to_texts",
+    "split_pair_batch",
+    "text_to_graph",
+]

@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+# Two pytest-xdist workers on two cores: one torch thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+#: Parametrize a test over the devices present (PyG's ``withCUDA`` style).
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
