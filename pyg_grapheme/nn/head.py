@@ -1,0 +1,69 @@
+"""ByteHead: per-node distributions over the bytes of a grapheme; target encoding; decoding."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from pyg_grapheme.data.graphemes import GRAPHEME_WIDTH, NUM_BYTE_CLASSES, PAD
+
+
+class ByteHead(nn.Module):
+    r"""Predict each node's grapheme as one distribution over byte classes per slot.
+
+    .. math::
+        \mathbf{p}_{i,k} = \mathrm{softmax}\big(\mathbf{W}_2\, \mathrm{GELU}(\mathbf{W}_1
+        \mathbf{h}_i)\big)_{k} \in \Delta^{255}, \qquad k = 1, \dots, W
+
+    Class 0 of a slot means "the grapheme has ended" (:data:`PAD`), class ``b + 1`` the
+    UTF-8 byte ``b`` (the encoding of :func:`~pyg_grapheme.text_to_graph`), so predictions
+    are vocabulary-free and compare directly with :func:`one_hot_bytes` targets.
+
+    Shapes:
+        - **input:** ``[N, in_channels]``
+        - **output:** logits ``[N, GRAPHEME_WIDTH, 256]`` (``forward``); use
+          ``logits.softmax(-1)`` for the distributions.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int | None = None) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        hidden = hidden_channels or in_channels
+        self.lin1 = nn.Linear(in_channels, hidden)
+        self.lin2 = nn.Linear(hidden, GRAPHEME_WIDTH * NUM_BYTE_CLASSES)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin1.reset_parameters()
+        self.lin2.reset_parameters()
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = self.lin2(F.gelu(self.lin1(h)))
+        return out.view(-1, GRAPHEME_WIDTH, NUM_BYTE_CLASSES)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_channels}, slots={GRAPHEME_WIDTH})"
+
+
+def one_hot_bytes(batch: Data | Batch) -> Data | Batch:
+    """The same graph(s) with ``x`` as one-hot byte distributions ``[N, GRAPHEME_WIDTH, 256]``.
+
+    ``structural_loss(model(inputs), one_hot_bytes(targets))`` compares a predicted graph
+    with a text graph in the same space. Other attributes are shared, not copied.
+    """
+    out = copy.copy(batch)  # PyG copies the stores, not the tensors
+    out.x = F.one_hot(batch.x.long(), NUM_BYTE_CLASSES).float()
+    return out
+
+
+def decode_slots(classes: Tensor) -> bytes:
+    """Bytes of nodes given per-slot classes ``[N, GRAPHEME_WIDTH]`` (node order kept);
+    each node's bytes end at its first :data:`PAD`."""
+    if classes.numel() == 0:
+        return b""
+    alive = torch.cumprod((classes != PAD).long(), dim=1).bool()
+    return bytes((classes[alive] - 1).clamp(0, 255).tolist())

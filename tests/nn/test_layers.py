@@ -1,0 +1,121 @@
+"""GraphemeEncoder, DAGConv and ByteHead: shapes, direction, gradients, compile."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch_geometric.data import Batch
+
+from pyg_grapheme import text_to_graph
+from pyg_grapheme.data import GRAPHEME_WIDTH
+from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
+from pyg_grapheme.nn.head import ByteHead, decode_slots, one_hot_bytes
+from tests.conftest import DEVICES
+
+
+def chain(n):
+    src = torch.arange(n - 1)
+    return torch.stack([src, src + 1])
+
+
+def test_node_positions_restart_per_graph():
+    batch = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert node_positions(6, batch).tolist() == [0, 1, 2, 0, 1, 0]
+    assert node_positions(3, None).tolist() == [0, 1, 2]
+
+
+def test_encoder_unseen_grapheme_and_position():
+    torch.manual_seed(0)
+    enc = GraphemeEncoder(16).eval()
+    g = text_to_graph("aa\U0001F98Ea")  # an emoji never seen before: still a vector
+    h = enc(g.x)
+    assert h.shape == (4, 16) and torch.isfinite(h).all()
+    assert not torch.allclose(h[0], h[1])  # same bytes, different position
+    # Slots matter: the same byte in another slot gives another embedding.
+    x = torch.zeros(2, GRAPHEME_WIDTH, dtype=torch.uint8)
+    x[0, 0] = x[1, 1] = 66
+    h2 = enc(x, torch.tensor([0, 1]))  # both at position 0 of their graphs
+    assert not torch.allclose(h2[0], h2[1])
+    with pytest.raises(ValueError, match="byte slots"):
+        enc(torch.zeros(3, 4, dtype=torch.long))
+    assert "GraphemeEncoder(16" in repr(enc)
+
+
+def test_encoder_gradcheck_float64():
+    torch.manual_seed(0)
+    enc = GraphemeEncoder(8, byte_dim=4, pos_dim=4).double()
+    x = text_to_graph("hi!").x
+    names, params = zip(*enc.named_parameters(), strict=True)
+
+    def f(*ps):
+        return torch.func.functional_call(enc, dict(zip(names, ps, strict=True)), (x,))
+
+    assert gradcheck(f, tuple(p.detach().clone().requires_grad_() for p in params), eps=1e-6)
+
+
+def test_dag_conv_respects_direction():
+    torch.manual_seed(0)
+    x = torch.randn(3, 8)
+    ei = chain(3)
+    fwd_only = DAGConv(8, backward=False)
+    base = fwd_only(x, ei)
+    x2 = x.clone()
+    x2[2] += 1.0  # change the last node: only nodes it points to may change (none)
+    out = fwd_only(x2, ei)
+    assert torch.allclose(out[:2], base[:2]) and not torch.allclose(out[2], base[2])
+    both = DAGConv(8)
+    assert not torch.allclose(both(x2, ei)[1], both(x, ei)[1])  # successors now heard
+    # Forward and backward messages use different weights: reversing the chain changes h.
+    assert not torch.allclose(both(x, ei), both(x, ei.flip(0)))
+
+
+def test_dag_conv_edge_weight_and_gradcheck():
+    torch.manual_seed(0)
+    conv = DAGConv(4).double()
+    x = torch.randn(5, 4, dtype=torch.double, requires_grad=True)
+    w = torch.rand(4, dtype=torch.double, requires_grad=True)
+    assert gradcheck(lambda x, w: conv(x, chain(5), w), (x, w))
+    assert not torch.allclose(conv(x, chain(5), w * 0), conv(x, chain(5), w))
+    assert repr(conv) == "DAGConv(4, backward=True)"
+    before = conv.lin_self.weight.clone()
+    conv.reset_parameters()
+    assert not torch.equal(before, conv.lin_self.weight)
+
+
+def test_dag_conv_on_batch_matches_per_graph():
+    torch.manual_seed(0)
+    conv = DAGConv(8)
+    graphs = [text_to_graph(t) for t in ["abc", "de", "f"]]
+    batch = Batch.from_data_list(graphs)
+    x = torch.randn(batch.num_nodes, 8)
+    out = conv(x, batch.edge_index)
+    for i, g in enumerate(graphs):
+        sl = slice(int(batch.ptr[i]), int(batch.ptr[i + 1]))
+        assert torch.allclose(out[sl], conv(x[sl], g.edge_index), atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dag_conv_compiles(device):
+    torch.manual_seed(0)
+    conv = DAGConv(8).to(device)
+    x = torch.randn(6, 8, device=device)
+    ei = chain(6).to(device)
+    compiled = torch.compile(conv)
+    assert torch.allclose(compiled(x, ei), conv(x, ei), atol=1e-5)
+
+
+def test_byte_head_and_one_hot_targets_decode():
+    torch.manual_seed(0)
+    head = ByteHead(16)
+    logits = head(torch.randn(3, 16))
+    assert logits.shape == (3, GRAPHEME_WIDTH, 256)
+    batch = Batch.from_data_list([text_to_graph("caf\u00e9"), text_to_graph("\U0001F431")])
+    target = one_hot_bytes(batch)
+    assert target.x.shape == (batch.num_nodes, GRAPHEME_WIDTH, 256)
+    assert torch.equal(target.x.sum(-1), torch.ones(batch.num_nodes, GRAPHEME_WIDTH))
+    assert target.edge_index is batch.edge_index and batch.x.dtype == torch.uint8
+    assert decode_slots(target.x.argmax(-1)).decode() == "caf\u00e9\U0001F431"
+    # A slot after an end marker is ignored; invalid UTF-8 never raises.
+    cls = torch.zeros(2, GRAPHEME_WIDTH, dtype=torch.long)
+    cls[0, 0], cls[0, 2], cls[1, 0] = ord("a") + 1, ord("b") + 1, 0xFF  # 0xFE: never UTF-8
+    assert decode_slots(cls).decode("utf-8", errors="replace") == "a\ufffd"
