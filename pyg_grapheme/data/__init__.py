@@ -1,5 +1,6 @@
 """Text graphs, pairs, data formats and datasets (imports neither ``nn`` nor ``loss``)."""
 
+from pyg_grapheme.data.formats import DataFormatError, detect_format, read_pairs
 from pyg_grapheme.data.graphemes import (
     GRAPHEME_WIDTH,
     NUM_BYTE_CLASSES,
@@ -12,6 +13,9 @@ from pyg_grapheme.data.pair import FOLLOW_BATCH, PairData, split_pair_batch
 from pyg_grapheme.data.transforms import TextToGraph
 
 __all__ = [
+    "DataFormatError",
+    "detect_format",
+    "read_pairs",
     "GRAPHEME_WIDTH",
     "NUM_BYTE_CLASSES",
     "PAD",
