@@ -1,1 +1,3 @@
 """pyg_grapheme.nn"""
+
+from pyg_grapheme.nn.components import connected_components
