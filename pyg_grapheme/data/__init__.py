@@ -1,5 +1,12 @@
 """Text graphs, pairs, data formats and datasets (imports neither ``nn`` nor ``loss``)."""
 
+from pyg_grapheme.data.datasets import (
+    KindergartenDataset,
+    MathCurriculumDataset,
+    TextPairDataset,
+    kindergarten_path,
+    resolve_dataset,
+)
 from pyg_grapheme.data.formats import DataFormatError, detect_format, read_pairs
 from pyg_grapheme.data.graphemes import (
     GRAPHEME_WIDTH,
@@ -14,6 +21,11 @@ from pyg_grapheme.data.transforms import TextToGraph
 
 __all__ = [
     "DataFormatError",
+    "KindergartenDataset",
+    "MathCurriculumDataset",
+    "TextPairDataset",
+    "kindergarten_path",
+    "resolve_dataset",
     "detect_format",
     "read_pairs",
     "GRAPHEME_WIDTH",

@@ -1,0 +1,234 @@
+"""PyG ``InMemoryDataset`` classes over the QA and math JSON Lines files.
+
+Each dataset reads its source file once, turns every ``(input, target)`` pair into a
+:class:`~pyg_grapheme.data.PairData` and caches the collated result under
+``root/processed/<name>-<sha256 of the source bytes, 16 hex digits>/data.pt``. A changed
+source file has a new hash, hence a new cache folder: it is re-processed, never served
+stale. Caches are written to a temporary file and moved into place with
+:func:`os.replace`, so an interrupted run leaves no half-written cache. Old cache folders
+are left in place (they are small; delete ``root/processed`` to clean up).
+
+Batch with ``DataLoader(dataset, batch_size=..., follow_batch=FOLLOW_BATCH)`` and split
+each batch with :func:`~pyg_grapheme.data.split_pair_batch`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import importlib.resources
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch_geometric.data import InMemoryDataset
+
+from pyg_grapheme.data.curriculum import DEFAULT_SIZES, SPLITS, write_curriculum
+from pyg_grapheme.data.formats import parse_records
+from pyg_grapheme.data.pair import PairData
+
+__all__ = [
+    "DATASET_NAMES",
+    "KindergartenDataset",
+    "MathCurriculumDataset",
+    "TextPairDataset",
+    "kindergarten_path",
+    "resolve_dataset",
+]
+
+# The cache stores the class of its records; let torch.load(weights_only=True) (what
+# PyG's loader tries first) accept it instead of falling back with a warning.
+torch.serialization.add_safe_globals([PairData])
+
+_resource_files = contextlib.ExitStack()
+atexit.register(_resource_files.close)
+
+
+def kindergarten_path() -> Path:
+    """Path of the shipped kindergarten QA set (65 pairs), found with
+    :mod:`importlib.resources` so it works from an installed package too."""
+    resource = importlib.resources.files("pyg_grapheme.data") / "assets" / "kindergarten.jsonl"
+    if isinstance(resource, Path):
+        return resource
+    # A zipped install: extract once, kept until the interpreter exits.
+    return _resource_files.enter_context(importlib.resources.as_file(resource))
+
+
+class TextPairDataset(InMemoryDataset):
+    r"""The pairs of one QA or math-curriculum JSON Lines file as
+    :class:`~pyg_grapheme.data.PairData` graphs.
+
+    Args:
+        root: cache folder (the processed data goes to ``root/processed/...``).
+        path: the JSON Lines file (format detected, see :func:`~pyg_grapheme.data.read_pairs`;
+            a bad file raises :class:`~pyg_grapheme.data.DataFormatError` and caches nothing).
+        transform, pre_transform, pre_filter: as in
+            :class:`~torch_geometric.data.InMemoryDataset`.
+        skip: extra edge distances for :func:`~pyg_grapheme.text_to_graph` (part of the
+            cache key).
+        name: prefix of the cache folder (default: the file's stem).
+        log, force_reload: as in :class:`~torch_geometric.data.InMemoryDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        path: str | os.PathLike,
+        transform: Callable | None = None,
+        pre_transform: Callable | None = None,
+        pre_filter: Callable | None = None,
+        *,
+        skip: Sequence[int] = (),
+        name: str | None = None,
+        log: bool = True,
+        force_reload: bool = False,
+    ) -> None:
+        self.source = Path(path)
+        self.skip = tuple(sorted(set(skip)))
+        self.name = name or self.source.stem
+        self._source_bytes: bytes | None = self.source.read_bytes()
+        self.source_hash = hashlib.sha256(self._source_bytes).hexdigest()
+        super().__init__(
+            os.fspath(root), transform, pre_transform, pre_filter, log=log,
+            force_reload=force_reload,
+        )
+        self._source_bytes = None  # the bytes that were hashed are the bytes processed
+        self.load(self.processed_paths[0], data_cls=PairData)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return []  # the source file lives wherever the caller keeps it
+
+    @property
+    def processed_dir(self) -> str:
+        skip = "-skip" + "_".join(map(str, self.skip)) if self.skip else ""
+        return os.path.join(self.root, "processed", f"{self.name}-{self.source_hash[:16]}{skip}")
+
+    @property
+    def processed_file_names(self) -> list[str]:
+        return ["data.pt"]
+
+    def process(self) -> None:
+        assert self._source_bytes is not None
+        _, pairs = parse_records(self._source_bytes, str(self.source))
+        data_list = [PairData.from_texts(s, t, skip=self.skip) for s, t in pairs]
+        if self.pre_filter is not None:
+            data_list = [d for d in data_list if self.pre_filter(d)]
+        if self.pre_transform is not None:
+            data_list = [self.pre_transform(d) for d in data_list]
+        if not data_list:
+            raise ValueError(f"{self.source}: pre_filter removed every pair")
+        path = self.processed_paths[0]
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            self.save(data_list, tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({len(self)}, source={str(self.source)!r})"
+
+
+class KindergartenDataset(TextPairDataset):
+    """The shipped kindergarten QA set (:func:`kindergarten_path`): 65 short questions with
+    1-3 word answers (colours, counts, animals, opposites, letters, facts, a few
+    non-ASCII answers such as ``café``, ``naïve``, ``🐱``). It is a memorisation set: it
+    has no splits."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        pre_transform: Callable | None = None,
+        pre_filter: Callable | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("name", "kindergarten")
+        super().__init__(root, kindergarten_path(), transform, pre_transform, pre_filter,
+                         **kwargs)
+
+
+class MathCurriculumDataset(TextPairDataset):
+    """One split of the seeded math curriculum (:mod:`pyg_grapheme.data.curriculum`).
+
+    The three split files are generated into ``root/raw/math<level>-seed<seed>/`` the
+    first time (atomically), then loaded like any other file; edit them and the cache is
+    rebuilt.
+
+    Args:
+        root: dataset folder (``raw/`` and ``processed/`` inside).
+        level: 1 or 2. split: ``"train"``, ``"val"`` or ``"test"``. seed: curriculum seed.
+        sizes: ``(train, val, test)`` sizes, default the level's
+            :data:`~pyg_grapheme.data.curriculum.DEFAULT_SIZES`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        level: int,
+        split: str = "train",
+        seed: int = 0,
+        transform: Callable | None = None,
+        pre_transform: Callable | None = None,
+        pre_filter: Callable | None = None,
+        *,
+        sizes: Sequence[int] | None = None,
+        **kwargs,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+        if level not in DEFAULT_SIZES:
+            raise ValueError(f"unknown curriculum level {level!r}; known: {list(DEFAULT_SIZES)}")
+        sizes = tuple(DEFAULT_SIZES[level] if sizes is None else sizes)
+        folder = f"math{level}-seed{seed}"
+        if sizes != DEFAULT_SIZES[level]:
+            folder += "-sizes" + "_".join(map(str, sizes))
+        raw = Path(root) / "raw" / folder
+        if not all((raw / f"{s}.jsonl").exists() for s in SPLITS):
+            write_curriculum(raw, level, seed, sizes)
+        self.level, self.split, self.seed = level, split, seed
+        kwargs.setdefault("name", f"{folder}-{split}")
+        super().__init__(root, raw / f"{split}.jsonl", transform, pre_transform, pre_filter,
+                         **kwargs)
+
+
+#: Names :func:`resolve_dataset` knows (a path to a JSON Lines file works too).
+DATASET_NAMES = ("kindergarten", "math1", "math2")
+
+
+def resolve_dataset(
+    name_or_path: str | os.PathLike,
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    **kwargs,
+) -> TextPairDataset:
+    """A dataset from a name or a file path.
+
+    ``"kindergarten"`` is the shipped set (the same 65 pairs for every split: it is
+    learnt by heart); ``"math1"`` / ``"math2"`` are the curriculum levels (``split`` and
+    ``seed`` pick the file); anything else must be an existing JSON Lines file (``split``
+    is then ignored). Extra keyword arguments go to the dataset class (``transform``,
+    ``skip``, ``force_reload``, ...).
+
+    Raises:
+        ValueError: an unknown name that is not an existing file, or an unknown split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+    key = os.fspath(name_or_path)
+    if key == "kindergarten":
+        return KindergartenDataset(root, **kwargs)
+    if key in ("math1", "math2"):
+        return MathCurriculumDataset(root, int(key[-1]), split, seed, **kwargs)
+    if Path(key).is_file():
+        return TextPairDataset(root, key, **kwargs)
+    raise ValueError(
+        f"unknown dataset {key!r}: not one of the known names ({', '.join(DATASET_NAMES)}) "
+        "and not an existing file"
+    )
