@@ -231,3 +231,23 @@ def test_resolve_dataset_unknown_name_lists_known_ones(tmp_path):
     assert "'math3'" in str(info.value)
     with pytest.raises(ValueError, match="known splits: train, val, test"):
         resolve_dataset("kindergarten", tmp_path, "training")
+
+
+# ---------------------------------------------------------------- python -m ...summary
+
+
+def test_summary_of_the_shipped_set(capsys):
+    from pyg_grapheme.data.summary import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "pairs       65" in out and "65/65 pairs decode exactly" in out
+    assert "'café'" in out and "['🐱']" in out
+
+
+@needs_prototype
+def test_summary_of_a_math_file(capsys):
+    from pyg_grapheme.data.summary import main
+
+    assert main([str(PROTOTYPE / "math_level_1.jsonl")]) == 0
+    assert "100/100" in capsys.readouterr().out
