@@ -1,5 +1,15 @@
 """pyg_grapheme.loss: the structural graph-to-graph loss and its batched Sinkhorn solver."""
 
+from pyg_grapheme.loss.clique import clique_loss, clique_statistics
 from pyg_grapheme.loss.sinkhorn import SinkhornOutput, sinkhorn
+from pyg_grapheme.loss.structural import StructuralLoss, node_cost_matrix, structural_loss
 
-__all__ = ["sinkhorn", "SinkhornOutput"]
+__all__ = [
+    "structural_loss",
+    "StructuralLoss",
+    "sinkhorn",
+    "SinkhornOutput",
+    "clique_loss",
+    "clique_statistics",
+    "node_cost_matrix",
+]
