@@ -12,8 +12,11 @@ the nodes are read in index order):
   the graph (CPU only). Hidden from :mod:`torch._dynamo` with
   :func:`torch.compiler.disable`, otherwise dynamo traces into scipy.
 
-``"auto"`` takes ``"torch"`` on accelerators and on CPU graphs with fewer than
-:data:`SCIPY_MIN_NODES` nodes, ``"scipy"`` above (measured crossover, see
+``"auto"`` first checks for the case of chains (the text graph of this package):
+if every edge joins two consecutive node indices, the components are runs of
+consecutive nodes and one cumulative sum finds them (exact, O(N)). Otherwise it takes
+``"torch"`` on accelerators and on CPU graphs with fewer than :data:`SCIPY_MIN_NODES`
+nodes, ``"scipy"`` above (measured crossover, see
 ``experiments/bench_pool.py --components``).
 """
 
@@ -54,6 +57,10 @@ def connected_components(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (got {method!r})")
     if method == "auto":
+        if edge_index.numel() > 0:
+            d = edge_index[1] - edge_index[0]
+            if bool(((d == 1) | (d == -1)).all()):  # one host sync
+                return _runs(edge_index, num_nodes)
         use_scipy = edge_index.device.type == "cpu" and num_nodes >= SCIPY_MIN_NODES
         method = "scipy" if use_scipy else "torch"
     if method == "scipy":
@@ -65,13 +72,23 @@ def connected_components(
     return _relabel_roots(root)
 
 
+def _runs(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, int]:
+    """Components when every edge joins ``i`` and ``i + 1``: a new component starts at
+    every node that is not linked to its predecessor."""
+    linked = torch.zeros(num_nodes, dtype=torch.bool, device=edge_index.device)
+    linked[torch.maximum(edge_index[0], edge_index[1])] = True
+    start = ~linked
+    cluster = start.cumsum(0) - 1
+    return cluster, int(cluster[-1]) + 1 if num_nodes > 0 else 0
+
+
 def _relabel_roots(root: Tensor) -> tuple[Tensor, int]:
     """Map "smallest node index of my component" labels to ``0..C-1`` in index order."""
     num_nodes = root.numel()
     is_root = root == torch.arange(num_nodes, device=root.device)
     new_id = is_root.cumsum(0) - 1
     num_components = int(new_id[-1]) + 1 if num_nodes > 0 else 0
-    return new_id[root], num_components
+    return new_id.index_select(0, root), num_components
 
 
 def _root_label_torch(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -88,7 +105,7 @@ def _root_label_torch(edge_index: Tensor, num_nodes: int) -> Tensor:
     row, col = edge_index[0], edge_index[1]
     first = True
     while True:
-        fu, fv = f[row], f[col]
+        fu, fv = f.index_select(0, row), f.index_select(0, col)
         active = fu != fv
         if not bool(active.any()):  # one host sync per round
             return f
@@ -100,7 +117,7 @@ def _root_label_torch(edge_index: Tensor, num_nodes: int) -> Tensor:
         f = f.scatter_reduce(0, fu, m, reduce="amin")
         f.scatter_reduce_(0, fv, m, reduce="amin")
         while True:  # pointer jumping until f is a forest of stars
-            ff = f[f]
+            ff = f.index_select(0, f)
             if torch.equal(ff, f):
                 break
             f = ff

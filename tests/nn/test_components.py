@@ -58,6 +58,21 @@ def test_matches_scipy_chains(method, permute):
         assert n == n_expected and torch.equal(cluster, expected)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_auto_path_fast_path_matches_scipy(seed):
+    """Edges between consecutive indices only (chains, either direction, duplicates):
+    'auto' takes the cumulative-sum path; it must agree with scipy."""
+    g = torch.Generator().manual_seed(seed)
+    for n in [1, 2, 10, 500, 6000]:
+        ei = random_chain_pieces(n, 0.6, seed, permute=False)
+        flip = torch.rand(ei.size(1), generator=g) < 0.5
+        ei = torch.where(flip, ei.flip(0), ei)
+        ei = torch.cat([ei, ei[:, : ei.size(1) // 3]], dim=1)
+        cluster, num = connected_components(ei, n)
+        expected, n_expected = oracle(ei, n)
+        assert num == n_expected and torch.equal(cluster, expected)
+
+
 def test_numbering_by_smallest_index():
     # 0-3-5, 1-4, 2 isolated: components appear in index order 0, 1, 2.
     ei = torch.tensor([[5, 4, 3], [3, 1, 0]])
