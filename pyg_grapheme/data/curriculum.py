@@ -4,7 +4,8 @@
   3 * 20 * 20 = 1200 distinct problems, split 960 / 120 / 120 by default.
 * Level 2: nested, three operands in 1..10, both shapes ``(op1 (op2 a b) c)`` and
   ``(op1 a (op2 b c))``, e.g. ``(+ (* 3 4) 5)`` or ``(- 7 (+ 2 9))``: 2 * 9 * 1000 =
-  18000 distinct problems, of which 8000 / 1000 / 1000 are drawn by default.
+  18000 distinct problems, of which 4000 / 500 / 500 are drawn by default (the split
+  of the reference anchors).
 
 The universe of a level is enumerated in a fixed order, shuffled with
 ``random.Random(seed)`` and cut into train, val and test, so no problem appears twice
@@ -40,7 +41,7 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 LEVELS = (1, 2)
 #: Default (train, val, test) sizes per level.
-DEFAULT_SIZES: dict[int, tuple[int, int, int]] = {1: (960, 120, 120), 2: (8000, 1000, 1000)}
+DEFAULT_SIZES: dict[int, tuple[int, int, int]] = {1: (960, 120, 120), 2: (4000, 500, 500)}
 
 _OPS = {"+": "Add", "-": "Sub", "*": "Mul"}
 _APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=None,
-        help="split sizes (default: 960 120 120 for level 1, 8000 1000 1000 for level 2)",
+        help="split sizes (default: 960 120 120 for level 1, 4000 500 500 for level 2)",
     )
     args = parser.parse_args(argv)
     try:
