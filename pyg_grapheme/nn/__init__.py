@@ -1,10 +1,20 @@
-"""pyg_grapheme.nn"""
+"""pyg_grapheme.nn: PyG layers (encoder, DAG convolution, pooling, byte head) and the model."""
 
 from pyg_grapheme.nn.components import connected_components
+from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.encoder import GraphemeEncoder
+from pyg_grapheme.nn.head import ByteHead, one_hot_bytes
 from pyg_grapheme.nn.merge_pool import PoolOutput, ThresholdMergePool
+from pyg_grapheme.nn.transform_net import GraphTransformNet, decode_graphs
 
 __all__ = [
-    "connected_components",
+    "ByteHead",
+    "DAGConv",
+    "GraphTransformNet",
+    "GraphemeEncoder",
     "PoolOutput",
     "ThresholdMergePool",
+    "connected_components",
+    "decode_graphs",
+    "one_hot_bytes",
 ]

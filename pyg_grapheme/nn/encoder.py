@@ -85,7 +85,7 @@ class GraphemeEncoder(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         n = x.size(0)
-        h = self.byte_proj(self.byte_emb(x.long()).reshape(n, -1))
+        h = self.byte_proj(self.byte_emb(x.long()).reshape(n, GRAPHEME_WIDTH * self.byte_dim))
         pos = node_positions(n, batch)
         if batch is None:
             size = torch.full_like(pos, max(n, 1))
