@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -271,9 +272,9 @@ def train_gru(
     max_epochs: int = 100_000,
     hidden: int = 128,
     embed: int = 64,
-    dropout: float = 0.0,
+    dropout: float = 0.2,
     batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> tuple[Result, Seq2Seq]:
@@ -342,7 +343,8 @@ def train_graph(
 ) -> Result:
     """GraphemeModule under a Lightning Trainer with the same CPU budget: a callback stops
     training once ``budget_s`` CPU seconds are spent (``max_time``, wall clock, is only a
-    safety net at twice the budget, since wall time also counts other processes)."""
+    safety net at ten times the budget: on a shared machine wall time also counts other
+    processes, and stopping on it would starve this model, not the GRU)."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
@@ -390,7 +392,7 @@ def train_graph(
             callbacks.append(EarlyStopping(monitor="val_exact_match", mode="max",
                                            stopping_threshold=1.0, patience=10**9))
         trainer = L.Trainer(
-            max_time=timedelta(seconds=2 * budget_s),
+            max_time=timedelta(seconds=10 * budget_s),
             max_epochs=max_epochs,
             accelerator="cpu",
             devices=1,
@@ -431,8 +433,9 @@ def format_table(results: Sequence[Result]) -> str:
     rows = [head, "|" + "---|" * 10]
     for r in results:
         if r.note:
-            rows.append(f"| {r.task} | {r.model} | {r.params or '-'} | - | - | - | "
-                        f"{r.note} | | | |")
+            params = f"{r.params:,}" if r.params else "-"
+            rows.append(f"| {r.task} | {r.model} | {params} | - | - | - | "
+                        f"{r.note.replace('|', '/')[:120]} | | | |")
             continue
         rows.append(
             f"| {r.task} | {r.model} | {r.params:,} | {r.cpu_s:.0f} | {r.epochs} | "
@@ -454,8 +457,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gru-hidden", type=int, default=128,
                    help="GRU size (128: ~372k params); 0 matches the graph model's count")
     p.add_argument("--gru-embed", type=int, default=64)
-    p.add_argument("--gru-dropout", type=float, default=0.0)
-    p.add_argument("--gru-lr", type=float, default=2e-3)
+    # Chosen on math1 *validation* EM (0.742 with 0.2 / 1e-3 vs 0.608 with 0 / 2e-3,
+    # hidden 128); test scores were not looked at to pick them.
+    p.add_argument("--gru-dropout", type=float, default=0.2)
+    p.add_argument("--gru-lr", type=float, default=1e-3)
     p.add_argument("--graph-hidden", type=int, default=128)
     p.add_argument("--graph-lr", type=float, default=1e-3)
     p.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
@@ -495,10 +500,13 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                     seed=args.seed, cache_dir=args.data_dir,
                 ))
             except Exception as err:  # report the failure in the table, keep the GRU rows
-                print(f"  graph model failed on {task}: {type(err).__name__}: {err}",
-                      file=sys.stderr)
-                results.append(Result(task, "graph", 0, math.nan, 0,
-                                      note=f"failed: {type(err).__name__}"))
+                traceback.print_exc()
+                try:
+                    params = graph_parameters(args.graph_hidden)
+                except Exception:
+                    params = 0
+                results.append(Result(task, "graph", params, math.nan, 0,
+                                      note=f"failed: {type(err).__name__}: {err}"))
         print(format_table(results), flush=True)
     return results
 

@@ -94,3 +94,16 @@ def test_math_task_splits_are_disjoint(bl, tmp_path):
     questions = [{q for q, _ in data.pairs[s]} for s in ("train", "val", "test")]
     assert not (questions[0] & questions[1]) and not (questions[0] & questions[2])
     assert all(p.exists() for p in data.files.values())
+
+
+@pytest.mark.slow
+def test_graph_side_runs_under_budget(bl, tmp_path):
+    # Lightning start-up and the PyG dataset cache make this slower than the GRU tests.
+    torch.set_num_threads(1)
+    data = bl.load_task("kindergarten", tmp_path)
+    result = bl.train_graph(data, budget_s=5.0, max_epochs=3, hidden=32, cache_dir=tmp_path,
+                            log=None)
+    assert result.model == "graph" and 1 <= result.epochs <= 3
+    assert result.params == bl.graph_parameters(32)
+    assert set(result.exact) == {"train", "val", "test"}
+    assert all(0.0 <= v <= 1.0 for v in result.exact.values())
