@@ -35,6 +35,31 @@ def sinusoid(pos: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
 
 
+class ChainPosition(nn.Module):
+    r"""Learned projection of each node's absolute and relative reading-order position,
+    :math:`\mathbf{P}\,[\mathrm{sin}(i) \,\|\, \mathrm{sin}(64\, i / n_{g(i)})]`
+    (``[N] -> [N, channels]``; see :func:`node_positions` for the layout it assumes)."""
+
+    def __init__(self, channels: int, pos_dim: int = 32) -> None:
+        super().__init__()
+        self.pos_dim = pos_dim
+        self.lin = nn.Linear(2 * pos_dim, channels)
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+
+    def forward(self, batch: Tensor | None, num_nodes: int) -> Tensor:
+        n = num_nodes
+        pos = node_positions(n, batch)
+        if batch is None:
+            size = torch.full_like(pos, max(n, 1))
+        else:
+            size = torch.bincount(batch, minlength=int(batch.max()) + 1 if n else 0)[batch]
+        rel = 64.0 * pos.float() / size.clamp_min(1).float()
+        code = torch.cat([sinusoid(pos, self.pos_dim), sinusoid(rel, self.pos_dim)], dim=-1)
+        return self.lin(code.to(self.lin.weight.dtype))
+
+
 class GraphemeEncoder(nn.Module):
     r"""Embed graphemes from their bytes, with no vocabulary.
 
@@ -68,14 +93,14 @@ class GraphemeEncoder(nn.Module):
         self.pos_dim = pos_dim
         self.byte_emb = nn.Embedding(NUM_BYTE_CLASSES, byte_dim)
         self.byte_proj = nn.Linear(GRAPHEME_WIDTH * byte_dim, hidden_channels)
-        self.pos_proj = nn.Linear(2 * pos_dim, hidden_channels)
+        self.pos = ChainPosition(hidden_channels, pos_dim)
         self.norm = nn.LayerNorm(hidden_channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.byte_emb.reset_parameters()
         self.byte_proj.reset_parameters()
-        self.pos_proj.reset_parameters()
+        self.pos.reset_parameters()
         self.norm.reset_parameters()
 
     def forward(self, x: Tensor, batch: Tensor | None = None) -> Tensor:
@@ -86,14 +111,7 @@ class GraphemeEncoder(nn.Module):
             )
         n = x.size(0)
         h = self.byte_proj(self.byte_emb(x.long()).reshape(n, GRAPHEME_WIDTH * self.byte_dim))
-        pos = node_positions(n, batch)
-        if batch is None:
-            size = torch.full_like(pos, max(n, 1))
-        else:
-            size = torch.bincount(batch, minlength=int(batch.max()) + 1 if n else 0)[batch]
-        rel = 64.0 * pos.float() / size.clamp_min(1).float()
-        code = torch.cat([sinusoid(pos, self.pos_dim), sinusoid(rel, self.pos_dim)], dim=-1)
-        return self.norm(h + self.pos_proj(code.to(h.dtype)))
+        return self.norm(h + self.pos(batch, n))
 
     def __repr__(self) -> str:
         return (

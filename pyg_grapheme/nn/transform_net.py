@@ -15,7 +15,7 @@ from torch_geometric.utils import scatter
 
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.nn.dag_conv import DAGConv
-from pyg_grapheme.nn.encoder import GraphemeEncoder
+from pyg_grapheme.nn.encoder import ChainPosition, GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
 from pyg_grapheme.nn.merge_pool import ThresholdMergePool
 
@@ -114,6 +114,11 @@ class GraphTransformNet(nn.Module):
             hidden, reduce="mean", threshold=pool_threshold, similarity=pool_similarity,
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
+        self.pooled_context = AttentionalAggregation(
+            nn.Linear(hidden, 1), nn.Linear(hidden, hidden)
+        )
+        self.pooled_pos = ChainPosition(hidden)
+        self.pooled_norm = nn.LayerNorm(hidden)
         self.post = nn.ModuleList(DAGConv(hidden) for _ in range(post_layers))
         self.head = ByteHead(hidden)
         self.reset_parameters()
@@ -124,6 +129,9 @@ class GraphTransformNet(nn.Module):
         for ctx, norm in zip(self.context, self.gat_norm, strict=True):
             ctx.reset_parameters()
             norm.reset_parameters()
+        self.pooled_context.reset_parameters()
+        self.pooled_pos.reset_parameters()
+        self.pooled_norm.reset_parameters()
 
     @property
     def theta(self) -> Tensor:
@@ -154,6 +162,10 @@ class GraphTransformNet(nn.Module):
         mean = scatter(h, vec, dim=0, dim_size=num_graphs, reduce="mean")
         out = self.pool(h - mean[vec], chain, vec)
         hp = out.x + mean[out.batch]  # the mean is linear: this is the pooled h itself
+        # Re-encode position on the pooled chain (which output grapheme this is, of how
+        # many) and the question's summary: what the head needs to say *which* grapheme.
+        summary = self.pooled_context(h, vec, dim_size=num_graphs)[out.batch]
+        hp = self.pooled_norm(hp + summary + self.pooled_pos(out.batch, out.x.size(0)))
         for conv in self.post:
             hp = conv(hp, out.edge_index, out.edge_weight)
         logits = self.head(hp)
