@@ -28,7 +28,7 @@ class PoolOutput(NamedTuple):
         edge_index: coarsened, coalesced edges without self-loops :obj:`[2, G]`.
         edge_weight: pooled edge weights :obj:`[G]` (or :obj:`[G, D]` for edge
             features); value = reduced input weights (1 if none), gradient of the
-            expected survival of the coarse edge (``estimator="counts"``).
+            coarse edge's share of the expected edge count (``estimator="counts"``).
         node_weight: node masses :obj:`[C]`, value exactly 1, gradient of the
             cluster's share of the expected node count (``estimator="counts"``).
         batch: graph of each output node :obj:`[C]` (sorted if the input was).
@@ -51,33 +51,60 @@ class PoolOutput(NamedTuple):
     log_prob: Tensor
 
 
+#: Edges per chunk in the cosine kernels: keeps each [chunk, F] temporary near 4 MiB so
+#: the allocator reuses it instead of mapping (and page-faulting) fresh memory on graphs
+#: with millions of edges.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunks(num_edges: int, num_features: int) -> list[tuple[int, int]]:
+    step = max(1, _CHUNK_ELEMENTS // max(num_features, 1))
+    return [(i, min(i + step, num_edges)) for i in range(0, num_edges, step)]
+
+
 class _EdgeCosine(torch.autograd.Function):
-    """Cosine of the end nodes of every edge with a hand-written backward: autograd's
-    backward of ``x[row]`` (index_put with accumulate) was the slowest step on CPU."""
+    """Cosine of the end nodes of every edge with a hand-written, chunked backward:
+    autograd's backward of ``x[row]`` (index_put with accumulate) was the slowest step
+    on CPU, and [E, F] temporaries dominated the time on large graphs."""
 
     @staticmethod
     def forward(ctx, x: Tensor, row: Tensor, col: Tensor) -> Tensor:
         norm = x.norm(dim=-1)
         # A zero vector gets inverse norm 0: cosine 0 and gradient 0, never NaN.
         inv = torch.where(norm > 1e-12, norm.clamp_min(1e-12).reciprocal(), 0.0)
-        x_row, x_col = x.index_select(0, row), x.index_select(0, col)
         inv_prod = inv.index_select(0, row) * inv.index_select(0, col)
-        cos = (x_row * x_col).sum(-1) * inv_prod
-        ctx.save_for_backward(x, row, col, x_row, x_col, inv, inv_prod, cos)
+        chunks = _chunks(row.numel(), x.size(1))
+        if len(chunks) <= 1:  # small graph: keep the gathered rows for the backward
+            x_row, x_col = x.index_select(0, row), x.index_select(0, col)
+            dot = torch.linalg.vecdot(x_row, x_col)
+            gathered = (x_row, x_col)
+        else:
+            dot = torch.cat([
+                torch.linalg.vecdot(x.index_select(0, row[a:b]), x.index_select(0, col[a:b]))
+                for a, b in chunks
+            ])
+            gathered = ()
+        cos = dot * inv_prod
+        ctx.save_for_backward(x, row, col, inv, inv_prod, cos, *gathered)
         return cos
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, row, col, x_row, x_col, inv, inv_prod, cos = ctx.saved_tensors
+        x, row, col, inv, inv_prod, cos, *gathered = ctx.saved_tensors
         # d cos_uv / d x_u = x_v / (|x_u| |x_v|) - cos_uv x_u / |x_u|^2
-        a = (grad * inv_prod).unsqueeze(-1)
-        grad_x = torch.zeros_like(x)
-        grad_x.index_add_(0, row, x_col * a)
-        grad_x.index_add_(0, col, x_row * a)
         gc = grad * cos
         s = torch.zeros_like(inv).index_add_(0, row, gc).index_add_(0, col, gc)
-        grad_x -= x * (s * inv * inv).unsqueeze(-1)
+        grad_x = x * (-s * inv * inv).unsqueeze(-1)  # one [N, F] pass, no zero fill
+        a = (grad * inv_prod).unsqueeze(-1)
+        if gathered:
+            grad_x.index_add_(0, row, gathered[1] * a)
+            grad_x.index_add_(0, col, gathered[0] * a)
+        else:
+            for lo, hi in _chunks(row.numel(), x.size(1)):
+                r, c, w = row[lo:hi], col[lo:hi], a[lo:hi]
+                grad_x.index_add_(0, r, x.index_select(0, c) * w)
+                grad_x.index_add_(0, c, x.index_select(0, r) * w)
         return grad_x, None, None
 
 
@@ -125,22 +152,27 @@ def coarsen_edges(
 def _coalesce(cu: Tensor, cv: Tensor, num_clusters: int) -> tuple[Tensor, ...]:
     edge_id = (cu != cv).nonzero().view(-1)
     key = (cu * num_clusters + cv).index_select(0, edge_id)
-    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-        key, perm = torch.sort(key)  # chains of contiguous merges arrive sorted
-        edge_id = edge_id.index_select(0, perm)
-    new = torch.ones_like(key, dtype=torch.bool)
-    new[1:] = key[1:] != key[:-1]
-    inverse = new.cumsum(0) - 1
-    start = new.nonzero().view(-1)
-    key = key.index_select(0, start)
+    step = key[1:] - key[:-1]
+    if bool((step > 0).all()):  # sorted, no duplicates (a chain): nothing to merge
+        inverse = torch.arange(key.numel(), device=key.device)
+        count = torch.ones_like(key)
+    else:
+        if not bool((step >= 0).all()):
+            key, perm = torch.sort(key)
+            edge_id = edge_id.index_select(0, perm)
+        new = torch.ones_like(key, dtype=torch.bool)
+        new[1:] = key[1:] != key[:-1]
+        inverse = new.cumsum(0) - 1
+        start = new.nonzero().view(-1)
+        key = key.index_select(0, start)
+        count = torch.diff(start, append=start.new_full((1,), edge_id.numel()))
     out = torch.stack([torch.div(key, num_clusters, rounding_mode="floor"), key % num_clusters])
-    count = torch.diff(start, append=start.new_full((1,), edge_id.numel()))
     return out, edge_id, inverse, key, count
 
 
 def _bridge_weight(
     kept: Tensor,
-    cluster: Tensor,
+    size: Tensor,
     cu: Tensor,
     num_clusters: int,
     coarse: tuple[Tensor, ...],
@@ -149,21 +181,25 @@ def _bridge_weight(
     r""":math:`\kappa_e` of :func:`expected_node_share` and :math:`\lambda_e` of
     :func:`expected_edge_share` for every input edge, each :obj:`[E]`."""
     coarse_edge_index, edge_id, inverse, key, count = coarse
-    size = torch.bincount(cluster, minlength=num_clusters)
-    num_kept = torch.bincount(cu, weights=kept.to(dtype), minlength=num_clusters)
-    kappa = ((size - 1).to(dtype) / num_kept.clamp(min=1.0)).index_select(0, cu)
-    kappa = torch.where(kept, kappa, 0.0).to(dtype)
-    num_coarse = key.numel()
+    size = size.to(dtype)
+    num_kept = torch.bincount(cu, weights=kept.to(dtype), minlength=num_clusters).to(dtype)
     deg = torch.bincount(coarse_edge_index.view(-1), minlength=num_clusters).to(dtype)
-    inv_deg = torch.where(deg > 0, 1.0 / deg.clamp(min=1.0), 0.0)
-    lam = torch.where(kept, inv_deg.index_select(0, cu), 0.0)
+    per_cluster = torch.stack([
+        (size - 1.0) / num_kept.clamp(min=1.0),
+        torch.where(deg > 0, 1.0 / deg.clamp(min=1.0), 0.0),
+    ], dim=1)
+    per_edge = torch.where(kept.unsqueeze(1), per_cluster.index_select(0, cu), 0.0)
+    kappa, lam = per_edge[:, 0].contiguous(), per_edge[:, 1].contiguous()
+    num_coarse = key.numel()
     if num_coarse > 0:
-        # Multiplicity of each coarse edge in both directions (reverse found by search).
-        rev = coarse_edge_index[1] * num_clusters + coarse_edge_index[0]
-        pos = torch.searchsorted(key, rev).clamp(max=num_coarse - 1)
-        found = key.index_select(0, pos) == rev
-        mult = count + torch.where(found, count.index_select(0, pos), 0)
-        kappa[edge_id] = 1.0 / mult.to(dtype).index_select(0, inverse)
+        mult = count.to(dtype)
+        # Add the reverse direction (found by search); DAG-ordered edges have none.
+        if not bool((coarse_edge_index[0] < coarse_edge_index[1]).all()):
+            rev = coarse_edge_index[1] * num_clusters + coarse_edge_index[0]
+            pos = torch.searchsorted(key, rev).clamp(max=num_coarse - 1)
+            found = key.index_select(0, pos) == rev
+            mult = mult + torch.where(found, mult.index_select(0, pos), 0.0)
+        kappa[edge_id] = mult.reciprocal().index_select(0, inverse)
     return kappa, lam
 
 
@@ -202,7 +238,8 @@ def expected_node_share(
     """
     cu, cv = cluster[edge_index[0]], cluster[edge_index[1]]
     coarse = _coalesce(cu, cv, num_clusters)
-    kappa = _bridge_weight(kept, cluster, cu, num_clusters, coarse, merge_prob.dtype)[0]
+    size = torch.bincount(cluster, minlength=num_clusters)
+    kappa = _bridge_weight(kept, size, cu, num_clusters, coarse, merge_prob.dtype)[0]
     inner = torch.where(kept, kappa * (1.0 - merge_prob), 0.0)
     boundary = torch.where(cu != cv, -0.5 * kappa * merge_prob, 0.0)
     index = torch.cat([cu, cu, cv])
@@ -237,7 +274,8 @@ def expected_edge_share(
     count, exactly; on graphs with cycles :math:`A_c` overcounts (first order)."""
     cu, cv = cluster[edge_index[0]], cluster[edge_index[1]]
     coarse = _coalesce(cu, cv, num_clusters)
-    lam = _bridge_weight(kept, cluster, cu, num_clusters, coarse, merge_prob.dtype)[1]
+    size = torch.bincount(cluster, minlength=num_clusters)
+    lam = _bridge_weight(kept, size, cu, num_clusters, coarse, merge_prob.dtype)[1]
     coarse_edge_index, edge_id, inverse = coarse[:3]
     q = merge_prob[edge_id].clamp(max=1.0 - eps)
     survival = torch.exp(scatter(torch.log1p(-q), inverse, 0, coarse_edge_index.size(1)))
@@ -249,7 +287,8 @@ def expected_edge_share(
 class _ExpectedCounts(torch.autograd.Function):
     r"""Straight-through expected counts in one autograd node.
 
-    Forward: node masses :obj:`[C]` and edge-weight multipliers :obj:`[G]`, all exactly 1.
+    Forward: node masses :obj:`[C]`, all exactly 1, and the pooled edge weights
+    :obj:`[G]` unchanged (1 without input weights), i.e. times multipliers :math:`M_g = 1`.
     Backward: the gradient of :func:`expected_node_share` and :func:`expected_edge_share`
     with respect to :math:`p` (the tests check that they agree), written out because
     those references build ~40 autograd nodes:
@@ -262,18 +301,25 @@ class _ExpectedCounts(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, p, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse, num_clusters, eps):
-        ctx.save_for_backward(p, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse)
+    def forward(ctx, p, weight, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse,
+                num_clusters, eps):
+        ctx.save_for_backward(p, weight, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse)
         ctx.eps = eps
-        return p.new_ones(num_clusters), p.new_ones(coarse_edge_index.size(1))
+        node_weight = p.new_ones(num_clusters)
+        if weight is None:
+            return node_weight, p.new_ones(coarse_edge_index.size(1))
+        return node_weight, weight.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_node, grad_mult):
-        p, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse = ctx.saved_tensors
+    def backward(ctx, grad_node, grad_weight):
+        p, weight, kappa, lam, cu, cv, coarse_edge_index, edge_id, inverse = ctx.saved_tensors
         grad_p = (grad_node.index_select(0, cu) + grad_node.index_select(0, cv)) * kappa
         grad_p = -0.5 * grad_p
         if edge_id.numel() > 0:
+            # d(w M)/dM with M = 1: the gradient reaching the multiplier M_g
+            grad_mult = grad_weight if weight is None else grad_weight * weight
+            grad_mult = grad_mult.reshape(grad_mult.size(0), -1).sum(-1)
             pe = p.index_select(0, edge_id)
             log_q = torch.log1p(-pe.clamp(max=1.0 - ctx.eps))
             log_s = log_q.new_zeros(grad_mult.numel()).index_add_(0, inverse, log_q)
@@ -284,12 +330,14 @@ class _ExpectedCounts(torch.autograd.Function):
             at.index_add_(0, coarse_edge_index[0], grad_mult)
             at.index_add_(0, coarse_edge_index[1], grad_mult)
             grad_p -= lam * at.index_select(0, cu)
-        return (grad_p,) + (None,) * 9
+        grad_w = grad_weight if weight is not None and ctx.needs_input_grad[1] else None
+        return (grad_p, grad_w) + (None,) * 9
 
 
 class _Quotient(NamedTuple):
     cluster: Tensor
     num_clusters: int
+    size: Tensor
     batch: Tensor
     edge_index: Tensor
     edge_id: Tensor
@@ -313,15 +361,17 @@ def _quotient(
     host syncs and scipy, kept out of :mod:`torch._dynamo` as a single graph break."""
     cluster, num_clusters = connected_components(edge_index[:, kept], num_nodes, method)
     out_batch = batch.new_empty(num_clusters).scatter_(0, cluster, batch)
+    size = torch.bincount(cluster, minlength=num_clusters)
     cu = cluster.index_select(0, edge_index[0])
     cv = cluster.index_select(0, edge_index[1])
     coarse = _coalesce(cu, cv, num_clusters)
     coarse_edge_index, edge_id, inverse = coarse[:3]
     kappa = lam = None
     if dtype is not None:
-        kappa, lam = _bridge_weight(kept, cluster, cu, num_clusters, coarse, dtype)
+        kappa, lam = _bridge_weight(kept, size, cu, num_clusters, coarse, dtype)
     return _Quotient(
-        cluster, num_clusters, out_batch, coarse_edge_index, edge_id, inverse, cu, cv, kappa, lam
+        cluster, num_clusters, size, out_batch, coarse_edge_index, edge_id, inverse, cu, cv,
+        kappa, lam,
     )
 
 
@@ -362,19 +412,26 @@ class ThresholdMergePool(torch.nn.Module):
     :math:`\mathrm{Bernoulli}(p_e)` merges the expected node count of a chain is
     :math:`N - \sum_e p_e` and its expected edge count :math:`\sum_e (1 - p_e)`. The
     output carries node masses :math:`n'_c = 1` whose gradient is that of cluster
-    :math:`c`'s share :math:`w_c` of the expected node count (see
-    :func:`expected_node_share`; exact on forests, first order with cycles), and edge
-    weights whose value is :math:`w'_{ab}` and whose gradient is that of
-    :math:`w'_{ab} \prod_{(i,j) \to (a,b)} (1 - p_{ij})`, the expected surviving weight:
+    :math:`c`'s share :math:`w_c` of the expected node count
+    (:func:`expected_node_share`), and edge weights whose value is :math:`w'_{ab}` and
+    whose gradient is that of :math:`w'_{ab} M_{ab}`, with :math:`M_{ab}` the coarse
+    edge's share of the expected edge count (:func:`expected_edge_share`: the
+    probability :math:`\prod (1 - p)` that none of its input edges merges, plus a share
+    of the merged edges at its ends that would come back):
 
     .. math::
         n'_c = 1 + w_c - \mathrm{sg}(w_c), \qquad
-        w'_{ab} \leftarrow w'_{ab}\, (1 + S_{ab} - \mathrm{sg}(S_{ab}))
+        w'_{ab} \leftarrow w'_{ab}\, (1 + M_{ab} - \mathrm{sg}(M_{ab}))
 
-    (:math:`\mathrm{sg}` = stop-gradient). A loss that uses the masses (e.g. as optimal
-    transport marginals or a count) thus sees "merge more" and "merge less"; the gradient
-    reaches :math:`\theta` and, through :math:`p`, the features; the features also get
-    the ordinary gradient of the reduction.
+    (:math:`\mathrm{sg}` = stop-gradient). Both sums are exact on forests (chains, the
+    text graph; :math:`\sum_c w_c = N - \sum_e p_e`), first order on graphs with cycles.
+    A loss that uses the masses (e.g. as optimal transport marginals or a count) thus
+    sees "merge more" and "merge less"; the gradient reaches :math:`\theta` and, through
+    :math:`p`, the features, which also get the ordinary gradient of the reduction.
+    The estimate is the gradient of a loss linearised at the hard partition: it is off
+    where the loss is curved over the spread of the partition (e.g. zero when the hard
+    count hits a count target exactly); :obj:`stochastic=True` evaluates it at sampled
+    partitions instead, which is exact in expectation for losses linear in the masses.
 
     :obj:`estimator="score"`: in training mode the decisions are sampled,
     :math:`m_e \sim \mathrm{Bernoulli}(p_e)`, masses and weights carry no count gradient,
@@ -402,10 +459,8 @@ class ThresholdMergePool(torch.nn.Module):
             (default: :obj:`"counts"`)
         stochastic (bool, optional): In training mode draw the decisions from
             :math:`\mathrm{Bernoulli}(p_e)` instead of thresholding (always so for
-            :obj:`estimator="score"`). With :obj:`"counts"` the estimate is then unbiased
-            for the part of the loss that is linear in the masses and weights, and is no
-            longer zero when the hard partition happens to hit a count target; evaluation
-            mode always thresholds. (default: :obj:`False`)
+            :obj:`estimator="score"`); evaluation mode always thresholds.
+            (default: :obj:`False`)
         components (str, optional): Connected-components method, :obj:`"auto"`,
             :obj:`"torch"` or :obj:`"scipy"` (see :func:`connected_components`).
             (default: :obj:`"auto"`)
@@ -521,23 +576,23 @@ class ThresholdMergePool(torch.nn.Module):
             edge_index, kept, batch, num_nodes, self.components, p.dtype if counts else None
         )
 
-        out_x = self._reduce(x, q.cluster, q.num_clusters)
+        out_x = self._reduce(x, q.cluster, q.num_clusters, q.size)
         num_coarse = q.edge_index.size(1)
-        if edge_weight is None:
-            out_edge_weight = x.new_ones(num_coarse)
-        else:
+        out_edge_weight = None
+        if edge_weight is not None:
             out_edge_weight = scatter(
                 edge_weight[q.edge_id], q.inverse, 0, num_coarse, reduce=self.edge_reduce
             )
 
         if q.kappa is not None:
-            node_weight, mult = _ExpectedCounts.apply(
-                p, q.kappa, q.lam, q.cu, q.cv, q.edge_index, q.edge_id, q.inverse,
-                q.num_clusters, self.eps,
+            node_weight, out_edge_weight = _ExpectedCounts.apply(
+                p, out_edge_weight, q.kappa, q.lam, q.cu, q.cv, q.edge_index, q.edge_id,
+                q.inverse, q.num_clusters, self.eps,
             )
-            out_edge_weight = out_edge_weight * mult.view(-1, *out_edge_weight.shape[1:2])
         else:
             node_weight = x.new_ones(q.num_clusters)
+            if out_edge_weight is None:
+                out_edge_weight = x.new_ones(num_coarse)
 
         return PoolOutput(
             out_x,
@@ -551,7 +606,7 @@ class ThresholdMergePool(torch.nn.Module):
             log_prob,
         )
 
-    def _reduce(self, x: Tensor, cluster: Tensor, num_clusters: int) -> Tensor:
+    def _reduce(self, x: Tensor, cluster: Tensor, num_clusters: int, size: Tensor) -> Tensor:
         if self.reduce == "max":
             return scatter(x, cluster, 0, num_clusters, reduce="max")
         if self.att is not None:
@@ -561,9 +616,8 @@ class ThresholdMergePool(torch.nn.Module):
         # scatter_add_ with an index broadcast to x's shape.
         out = x.new_zeros((num_clusters,) + x.shape[1:]).index_add_(0, cluster, x)
         if self.reduce == "mean":
-            ones = torch.ones_like(cluster, dtype=x.dtype)
-            count = x.new_zeros(num_clusters).index_add_(0, cluster, ones).clamp_(min=1)
-            out = out / count.view(-1, *([1] * (x.dim() - 1)))
+            # in place: no [C, F] copy
+            out = out.div_(size.clamp(min=1).view(-1, *([1] * (x.dim() - 1))).to(x.dtype))
         return out
 
     @staticmethod

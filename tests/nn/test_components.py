@@ -5,7 +5,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_cc
 
 from pyg_grapheme.nn import connected_components
-from pyg_grapheme.nn.components import SCIPY_MIN_NODES
 from tests.conftest import DEVICES
 
 
@@ -90,16 +89,18 @@ def test_empty_inputs():
         assert n == 4 and cluster.tolist() == [0, 1, 2, 3]
 
 
-def test_auto_switches_on_size(monkeypatch):
+def test_auto_stays_in_torch(monkeypatch):
+    """'auto' never round-trips through scipy (measured slower; see the module doc)."""
     import pyg_grapheme.nn.components as comp
 
-    calls = []
-    real = comp._root_label_scipy
-    monkeypatch.setattr(comp, "_root_label_scipy", lambda *a: calls.append(1) or real(*a))
-    connected_components(random_graph(10, 5, 0), 10)
-    assert calls == []
-    connected_components(random_graph(SCIPY_MIN_NODES, 5, 0), SCIPY_MIN_NODES)
-    assert calls == [1]
+    def fail(*args):
+        raise AssertionError("scipy called")
+
+    monkeypatch.setattr(comp, "_root_label_scipy", fail)
+    ei = random_graph(5000, 5000, 0)
+    cluster, n = connected_components(ei, 5000)
+    expected, n_expected = oracle(ei, 5000)
+    assert n == n_expected and torch.equal(cluster, expected)
 
 
 def test_bad_method():
