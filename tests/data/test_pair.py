@@ -16,13 +16,15 @@ def test_pair_batch_offsets_and_vectors():
     assert batch.x_s_batch.tolist() == [i for i, n in enumerate(ns) for _ in range(n)]
     assert batch.x_t_batch.tolist() == [i for i, n in enumerate(nt) for _ in range(n)]
     # Each side's edges are offset by that side's own node counts.
+    offs_t = [0, 3, 8, 9]
     expected_t = torch.cat(
-        [text_to_graph(t).edge_index + off for (_, t), off in zip(PAIRS, [0, 3, 8, 9])], dim=1
+        [text_to_graph(t).edge_index + o for (_, t), o in zip(PAIRS, offs_t, strict=True)], dim=1
     )
     assert torch.equal(batch.edge_index_t, expected_t)
     offs_s = torch.tensor([0, *ns]).cumsum(0)
+    starts = offs_s[:-1]
     expected_s = torch.cat(
-        [text_to_graph(s).edge_index + o for (s, _), o in zip(PAIRS, offs_s)], dim=1
+        [text_to_graph(s).edge_index + o for (s, _), o in zip(PAIRS, starts, strict=True)], dim=1
     )
     assert torch.equal(batch.edge_index_s, expected_s)
     inputs, targets = split_pair_batch(batch)
