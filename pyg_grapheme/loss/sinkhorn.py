@@ -18,7 +18,7 @@ References:
     - B. Schmitzer, "Stabilized Sparse Scaling Algorithms for Entropy Regularized
       Transport Problems", SIAM J. Sci. Comput. 41(3), 2019 (arXiv:1610.06519).
     - G. Peyre, M. Cuturi, "Computational Optimal Transport", 2019, Sec. 4.4 (log domain)
-      and Prop. 9.2 (the envelope gradient of the regularised cost).
+      and Sec. 9.1 (differentiating the regularised cost: the envelope gradient).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class SinkhornOutput(NamedTuple):
         f: ``[B, n]`` row potentials (0 on absent rows), detached.
         g: ``[B, m]`` column potentials (0 on absent columns), detached.
         n_iter: iterations run (the same for the whole batch).
-        err: ``[B]`` L1 violation of the row marginal at return.
+        err: ``[B]`` L1 violation of the row marginal at return (absolute).
     """
 
     value: Tensor
@@ -120,8 +120,9 @@ def solve(
         eps: entropic regularisation > 0.
         init: warm-start potentials ``(f, g)``.
         max_iter: iterations at most (a log-domain refresh at the start is not counted).
-        tol: stop when every problem's L1 row-marginal violation is <= tol (checked once
-            per block); ``tol=0`` runs exactly ``max_iter`` iterations.
+        tol: stop when every problem's L1 row-marginal violation is <= tol times its
+            total mass (checked once per block); ``tol=0`` runs exactly ``max_iter``
+            iterations.
         block: scaling iterations between absorptions.
         method: ``"stabilized"`` (scaling with absorption) or ``"log"`` (log-domain only).
 
@@ -170,10 +171,11 @@ def solve(
     f, g = log_step(f, g)
     K = kernel(f, g)
     err = row_err(K)
+    mass = a.sum(1)
     it = 0
     since_exp = 0
     while it < max_iter:
-        if tol > 0 and float(err.max()) <= tol:
+        if tol > 0 and float((err - tol * mass).max()) <= 0:
             break
         k = min(block, max_iter - it)
         ok = method == "stabilized"

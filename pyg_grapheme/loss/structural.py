@@ -419,9 +419,10 @@ def structural_loss(
             them); ``reg_init=None`` disables annealing.
         inner_iter: Sinkhorn iterations at most of each intermediate outer step.
         max_iter, tol: Sinkhorn iterations at most of the final solve (where the
-            gradient is taken), and the L1 marginal tolerance of every solve.
+            gradient is taken), and the tolerance of every solve on the L1 marginal
+            violation relative to the pair's total mass :math:`\sum a + \sum b`.
         outer_tol: go to the final solve early once an intermediate step at the final
-            ``reg`` moves the plan less than this (L1).
+            ``reg`` moves the plan less than this (L1, relative to the total mass).
         method: ``"stabilized"`` or ``"log"`` Sinkhorn.
         indel_cost: cost of inserting or deleting a node (1 = unit-cost GED).
 
@@ -500,7 +501,7 @@ def structural_loss(
                 M, A_d, B_d, eps, init=None if f is None else (f, g),
                 max_iter=max_iter if final else inner_iter, tol=tol, method=method,
             )
-            moved = float((P_new - P).abs().sum((1, 2)).max()) if B else 0.0
+            moved = float(((P_new - P).abs().sum((1, 2)) / S).max()) if B else 0.0
             P = P_new
             step += 1
             if final:

@@ -1,0 +1,409 @@
+"""Speed, memory and finiteness of the structural loss against POT, forward + backward.
+
+Three tables (torch threads fixed and printed; medians of interleaved runs; ratios are
+against the POT loop of the same table, measured in the same run):
+
+1. Sinkhorn: 64 pairs, n, m uniform in 5..60, 64-dim features, cost
+   ||x - y||^2 / (2d), uniform marginals (zero-padded where batched), reg 0.1, exactly
+   100 iterations, backward to the features. Ours (stabilised scaling, and our
+   log-domain mode) vs a Python loop over ``ot.sinkhorn2`` and ``ot.batch.solve_batch``
+   (log and scaling domains). "saved MB": bytes autograd keeps for backward
+   (``saved_tensors_hooks``). "finite x1e3": value and gradient finite with the cost
+   multiplied by 1000 (cost/reg ~ 1e4).
+2. Full loss with the joint edge term on random DAGs (edge i->j, i<j, p=0.3, soft
+   weights), the same dummy-augmented fused-GW problem for everyone (alpha=1, beta=1,
+   10 outer steps x 100 Sinkhorn iterations, reg 0.1): ``structural_loss`` (gamma=0) vs a
+   loop over ``ot.gromov.entropic_fused_gromov_wasserstein2`` and
+   ``ot.batch.solve_gromov_batch``; backward to features and edge weights. Also our
+   default settings (tolerance-based stopping).
+3. One pair, n = m = 32..2048: time and saved-for-backward memory of our Sinkhorn
+   (100 iterations) and of the full loss (defaults), and POT's batched log-domain solver
+   with autodiff (up to n = 512) for the memory contrast.
+
+    .venv/bin/python experiments/bench_loss.py            # all tables, ~15 min
+    .venv/bin/python experiments/bench_loss.py --table 2 --graph-sizes 5 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import ot
+import torch
+from ot.batch import solve_batch, solve_gromov_batch
+from torch_geometric.data import Batch, Data
+
+from pyg_grapheme.loss import sinkhorn, structural_loss
+
+warnings.filterwarnings("ignore")  # POT warns about unconverged solves by design here
+
+D = 64
+REG = 0.1
+ITERS = 100
+
+
+# ----------------------------------------------------------------------- helpers
+def saved_mb(fn: Callable[[], torch.Tensor]) -> float:
+    """MB of tensors autograd saves for backward while building ``fn()``'s graph."""
+    total = 0
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        if key not in seen:  # count shared storages once
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total / 2**20
+
+
+def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for f in methods.values():  # warm-up
+        f()
+    for _ in range(repeats):
+        for k, f in methods.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def check(
+    fn: Callable[[float], tuple[torch.Tensor, torch.Tensor]], scale: float, ref: torch.Tensor
+) -> tuple[str, str]:
+    """("yes"/"NO": value and gradient finite; median over pairs of (value - ref) / |ref|)."""
+    try:
+        value, grad = fn(scale)
+    except Exception:  # a solver that raises is not finite either
+        return "NO (raises)", "-"
+    ok = bool(torch.isfinite(value).all()) and bool(torch.isfinite(grad).all())
+    rel = ((value.detach().double() - ref) / ref.abs().clamp_min(1e-12)).median()
+    return ("yes" if ok else "NO"), f"{float(rel):+.1e}"
+
+
+def table(rows: list[tuple], header: tuple[str, ...]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+# -------------------------------------------------------------- table 1: Sinkhorn
+def sinkhorn_problem(seed: int = 0, B: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    ns = torch.randint(5, 61, (B,), generator=g).tolist()
+    ms = torch.randint(5, 61, (B,), generator=g).tolist()
+    xs = [torch.randn(n, D, generator=g) for n in ns]
+    ys = [torch.randn(m, D, generator=g) for m in ms]
+    return xs, ys
+
+
+def pad(ts: list[torch.Tensor], L: int) -> torch.Tensor:
+    out = torch.zeros(len(ts), L, ts[0].size(1))
+    for k, t in enumerate(ts):
+        out[k, : len(t)] = t
+    return out
+
+
+def sqcost(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    sq = (X * X).sum(-1).unsqueeze(-1) + (Y * Y).sum(-1).unsqueeze(-2)
+    return (sq - 2 * X @ Y.transpose(-1, -2)).clamp_min(0) / (2 * D)
+
+
+def table_sinkhorn(repeats: int) -> None:
+    xs, ys = sinkhorn_problem()
+    B, n, m = len(xs), max(map(len, xs)), max(map(len, ys))
+    X, Y = pad(xs, n), pad(ys, m)
+    a = torch.zeros(B, n)
+    b = torch.zeros(B, m)
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        a[k, : len(x)] = 1 / len(x)
+        b[k, : len(y)] = 1 / len(y)
+
+    def ours(method: str):
+        def run(scale: float = 1.0):
+            Xg = X.clone().requires_grad_()
+            v = sinkhorn(sqcost(Xg, Y) * scale, a, b, REG, max_iter=ITERS, tol=0, method=method)
+            return v.value, v.value_linear, Xg
+        return run
+
+    def pot_loop(scale: float = 1.0):
+        xg = [x.clone().requires_grad_() for x in xs]
+        vals = []
+        for x, y in zip(xg, ys, strict=True):
+            M = sqcost(x, y) * scale
+            ua = torch.full((len(x),), 1 / len(x))
+            ub = torch.full((len(y),), 1 / len(y))
+            vals.append(ot.sinkhorn2(ua, ub, M, REG, numItermax=ITERS, stopThr=0))
+        vals = torch.stack(vals)  # sinkhorn2 returns the linear cost <P, M>
+        return vals, vals, xg
+
+    def pot_batch(method: str, grad: str):
+        def run(scale: float = 1.0):
+            Xg = X.clone().requires_grad_()
+            res = solve_batch(sqcost(Xg, Y) * scale, REG, a=a, b=b, max_iter=ITERS, tol=0,
+                              method=method, grad=grad)
+            return res.value, res.value_linear, Xg
+        return run
+
+    methods = {
+        "ours: stabilised scaling, envelope": ours("stabilized"),
+        "ours: log domain, envelope": ours("log"),
+        "POT loop over ot.sinkhorn2": pot_loop,
+        "POT solve_batch log_sinkhorn, autodiff": pot_batch("log_sinkhorn", "autodiff"),
+        "POT solve_batch log_sinkhorn, envelope": pot_batch("log_sinkhorn", "envelope"),
+        "POT solve_batch sinkhorn (scaling), autodiff": pot_batch("sinkhorn", "autodiff"),
+    }
+
+    def fwd_bwd(run):
+        def f():
+            v, _, _ = run()
+            v.sum().backward()
+        return f
+
+    def grad_of(run):
+        def f(scale):
+            v, lin, x = run(scale)
+            v.sum().backward()
+            g = torch.cat([t.grad.flatten() for t in x]) if isinstance(x, list) else x.grad
+            return lin, g
+        return f
+
+    t = interleaved({k: fwd_bwd(r) for k, r in methods.items()}, repeats)
+    base = t["POT loop over ot.sinkhorn2"]
+    # Reference values: float64 log-domain Sinkhorn, the same 100 iterations.
+    refs = {}
+    for scale in (1.0, 1e3):
+        C64 = sqcost(X.double(), Y.double()) * scale
+        refs[scale] = sinkhorn(C64, a.double(), b.double(), REG, max_iter=ITERS, tol=0,
+                               method="log").value_linear
+    rows = []
+    for k, r in methods.items():
+        mb = saved_mb(lambda r=r: r()[0].sum())
+        fin1, err1 = check(grad_of(r), 1.0, refs[1.0])
+        fin3, err3 = check(grad_of(r), 1e3, refs[1e3])
+        rows.append((k, f"{1e3 * t[k]:.1f}", f"{base / t[k]:.1f}x", f"{mb:.1f}", fin1, err1,
+                     fin3, err3))
+    print(f"\n### 1. Sinkhorn, {B} pairs, n,m in 5..60, d={D}, reg {REG}, {ITERS} iterations, "
+          "forward+backward")
+    print("(rel. diff: median over pairs of (<P,C> - ref) / ref, ref = <P,C> of float64"
+          " log-domain Sinkhorn, same iterations; x1e3: the cost multiplied by 1000)")
+    table(rows, ("method", "ms (median)", "vs POT loop", "saved MB", "finite", "rel. diff",
+                 "finite x1e3", "rel. diff x1e3"))
+
+
+# ---------------------------------------------------------- table 2: full loss
+def random_dag(n: int, g: torch.Generator, p: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = torch.triu_indices(n, n, 1)
+    keep = torch.rand(i.numel(), generator=g) < p
+    ei = torch.stack([i[keep], j[keep]])
+    return ei, torch.rand(ei.size(1), generator=g)
+
+
+def graph_problem(seed: int = 0, B: int = 64, lo: int = 5, hi: int = 60):
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for _ in range(B):
+        n, m = (int(torch.randint(lo, hi + 1, (1,), generator=g)) for _ in range(2))
+        ei, w = random_dag(n, g)
+        preds.append(Data(x=torch.randn(n, D, generator=g), edge_index=ei, edge_weight=w,
+                          num_nodes=n))
+        ei, _ = random_dag(m, g)
+        targets.append(Data(x=torch.randn(m, D, generator=g), edge_index=ei, num_nodes=m))
+    return preds, targets
+
+
+def augmented(pred: Data, tgt: Data, x: torch.Tensor, w: torch.Tensor):
+    """The dummy-augmented FGW inputs of one pair (what structural_loss solves)."""
+    n, m = pred.num_nodes, tgt.num_nodes
+    M = torch.cat([torch.cat([sqcost(x, tgt.x), torch.ones(n, 1)], 1),
+                   torch.cat([torch.ones(1, m), torch.full((1, 1), -REG * math.log(min(n, m)))],
+                             1)], 0)
+    A = torch.zeros(n + 1, n + 1).index_put((pred.edge_index[0], pred.edge_index[1]), w)
+    Bt = torch.zeros(m + 1, m + 1)
+    Bt[tgt.edge_index[0], tgt.edge_index[1]] = 1.0
+    p = torch.cat([torch.ones(n), torch.tensor([float(m)])])
+    q = torch.cat([torch.ones(m), torch.tensor([float(n)])])
+    return M, A, Bt, p, q
+
+
+def table_full(repeats: int, lo: int = 5, hi: int = 60) -> None:
+    preds, targets = graph_problem(lo=lo, hi=hi)
+    tb = Batch.from_data_list(targets)
+    B = len(preds)
+    outer, inner = 10, ITERS
+    common = dict(alpha=1.0, beta=1.0, gamma=0.0, reg=REG, node_cost="sqeuclidean",
+                  edge_loss="square")
+
+    def ours(**kw):
+        def run(scale: float = 1.0):
+            pb = Batch.from_data_list(preds)
+            pb.x = (pb.x * math.sqrt(scale)).requires_grad_()
+            pb.edge_weight.requires_grad_()
+            v = structural_loss(pb, tb, reduction="none", **{**common, **kw})
+            return v, [pb.x, pb.edge_weight]
+        return run
+
+    def pot_loop(scale: float = 1.0):
+        leaves, vals = [], []
+        for pr, tg in zip(preds, targets, strict=True):
+            x = (pr.x * math.sqrt(scale)).requires_grad_()
+            w = pr.edge_weight.clone().requires_grad_()
+            M, A, Bt, p, q = augmented(pr, tg, x, w)
+            vals.append(ot.gromov.entropic_fused_gromov_wasserstein2(
+                M, A, Bt, p, q, loss_fun="square_loss", epsilon=REG / 2, alpha=0.5,
+                symmetric=False, G0=torch.outer(p, q) / p.sum(), max_iter=outer, tol=0,
+                numItermax=inner, stopThr=0) * 2)
+            leaves += [x, w]
+        return torch.stack(vals), leaves
+
+    def pot_batch(scale: float = 1.0):
+        n = max(p.num_nodes for p in preds) + 1
+        m = max(t.num_nodes for t in targets) + 1
+        Ms, As, Bs, ps, qs, leaves = [], [], [], [], [], []
+        for pr, tg in zip(preds, targets, strict=True):
+            x = (pr.x * math.sqrt(scale)).requires_grad_()
+            w = pr.edge_weight.clone().requires_grad_()
+            M, A, Bt, p, q = augmented(pr, tg, x, w)
+            r, c = M.shape
+            # zero-mass padding; the dummies are moved to the padded problem's ends
+            idx_r = list(range(r - 1)) + [n - 1]
+            idx_c = list(range(c - 1)) + [m - 1]
+            Mp = torch.zeros(n, m).index_put((torch.tensor(idx_r)[:, None],
+                                              torch.tensor(idx_c)[None, :]), M)
+            Ap = torch.zeros(n, n).index_put((torch.tensor(idx_r)[:, None],
+                                              torch.tensor(idx_r)[None, :]), A)
+            Bp = torch.zeros(m, m)
+            Bp[torch.tensor(idx_c)[:, None], torch.tensor(idx_c)[None, :]] = Bt
+            Ms.append(Mp), As.append(Ap), Bs.append(Bp)
+            # Padding mass 1e-9, not 0: solve_gromov_batch takes the log of the previous
+            # plan, and an all-zero row gives -inf - (-inf) = nan in the next step.
+            ps.append(torch.full((n,), 1e-9).index_put((torch.tensor(idx_r),), p))
+            qs.append(torch.full((m,), 1e-9).index_put((torch.tensor(idx_c),), q))
+            leaves += [x, w]
+        res = solve_gromov_batch(
+            torch.stack(As), torch.stack(Bs), reg=REG / 2, a=torch.stack(ps), b=torch.stack(qs),
+            M=torch.stack(Ms), alpha=0.5, symmetric=False, max_iter=outer, tol=0,
+            max_iter_inner=inner, tol_inner=0, grad="envelope",
+        )
+        return res.value * 2, leaves
+
+    methods = {
+        "ours: structural_loss, 10 x 100 iterations": ours(outer_iter=outer, inner_iter=inner,
+                                                          max_iter=inner,
+                                                          tol=0, outer_tol=0),
+        "ours: structural_loss, defaults (tolerances)": ours(),
+        "POT loop over entropic_fused_gromov_wasserstein2": pot_loop,
+        "POT solve_gromov_batch (proximal), envelope": pot_batch,
+    }
+
+    def fwd_bwd(run):
+        def f():
+            v, _ = run()
+            v.sum().backward()
+        return f
+
+    def grad_of(run):
+        def f(scale):
+            v, leaves = run(scale)
+            v.sum().backward()
+            return v, torch.cat([t.grad.flatten() for t in leaves])
+        return f
+
+    t = interleaved({k: fwd_bwd(r) for k, r in methods.items()}, repeats)
+    base = t["POT loop over entropic_fused_gromov_wasserstein2"]
+    # Reference: our solver in float64, no annealing (POT does not anneal), converged.
+    pb64 = Batch.from_data_list(preds)
+    tb64 = tb.clone()
+    pb64.x, pb64.edge_weight, tb64.x = pb64.x.double(), pb64.edge_weight.double(), tb.x.double()
+    ref = structural_loss(pb64, tb64, reduction="none", reg_init=None, outer_iter=200,
+                          inner_iter=500, max_iter=5000, tol=1e-8, outer_tol=1e-9, **common)
+    rows = []
+    for k, r in methods.items():
+        mb = saved_mb(lambda r=r: r()[0].sum())
+        fin1, err1 = check(grad_of(r), 1.0, ref)
+        fin3, _ = check(grad_of(r), 1e3, ref)
+        rows.append((k, f"{1e3 * t[k]:.0f}", f"{base / t[k]:.1f}x", f"{mb:.1f}", fin1, err1,
+                     fin3))
+    print(f"\n### 2. Full loss (joint node+edge alignment), {B} pairs, n,m in {lo}..{hi}, "
+          f"d={D}, reg {REG}, forward+backward")
+    print("(rel. diff: median over pairs of (value - ref) / ref, ref = our float64 solve run to"
+          " convergence without annealing, a local optimum like the others; negative = a"
+          " lower objective; POT's values omit the entropy term)")
+    table(rows, ("method", "ms (median)", "vs POT loop", "saved MB", "finite", "rel. diff",
+                 "finite x1e3"))
+
+
+# ------------------------------------------------------------ table 3: one pair vs n
+def _one_size(n: int, g: torch.Generator, repeats: int) -> tuple:
+    x, y = torch.randn(n, D, generator=g), torch.randn(n, D, generator=g)
+    a = torch.full((1, n), 1 / n)
+    chain = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    pred = Data(x=torch.rand(n, 16, generator=g).softmax(-1), edge_index=chain,
+                edge_weight=torch.rand(n - 1, generator=g), num_nodes=n)
+    tgt = Data(x=torch.eye(16)[torch.randint(0, 16, (n,), generator=g)], edge_index=chain,
+               num_nodes=n)
+
+    def sk():
+        X = x[None].clone().requires_grad_()
+        return sinkhorn(sqcost(X, y[None]), a, a, REG, max_iter=ITERS, tol=0).value.sum()
+
+    def full():
+        p = pred.clone()
+        p.x.requires_grad_()
+        p.edge_weight.requires_grad_()
+        return structural_loss(p, tgt)
+
+    def pot():
+        X = x[None].clone().requires_grad_()
+        return solve_batch(sqcost(X, y[None]), REG, a=a, b=a, max_iter=ITERS, tol=0,
+                           method="log_sinkhorn", grad="autodiff").value.sum()
+
+    t = interleaved({"sk": lambda: sk().backward(), "full": lambda: full().backward()}, repeats)
+    pot_mb = f"{saved_mb(pot):.1f}" if n <= 512 else "-"
+    return (n, f"{1e3 * t['sk']:.1f}", f"{saved_mb(sk):.2f}", f"{1e3 * t['full']:.0f}",
+            f"{saved_mb(full):.2f}", pot_mb)
+
+
+def table_scaling(repeats: int, sizes: list[int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    rows = [_one_size(n, g, repeats) for n in sizes]
+    print(f"\n### 3. One pair, n = m, d={D} (Sinkhorn) / chains with 16-class features (full "
+          "loss, defaults), forward+backward")
+    table(rows, ("n", "Sinkhorn ms", "Sinkhorn saved MB", "full loss ms", "full loss saved MB",
+                 "POT log autodiff saved MB"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--table", type=int, action="append", choices=[1, 2, 3])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
+    ap.add_argument("--graph-sizes", type=int, nargs=2, default=[5, 60], metavar=("LO", "HI"),
+                    help="node counts of table 2 (POT's entropic FGW is correct up to ~12)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, POT {ot.__version__}, torch threads: "
+          f"{torch.get_num_threads()}, repeats: {args.repeats}")
+    tables = args.table or [1, 2, 3]
+    if 1 in tables:
+        table_sinkhorn(args.repeats)
+    if 2 in tables:
+        table_full(args.repeats, *args.graph_sizes)
+    if 3 in tables:
+        table_scaling(max(1, args.repeats // 2), args.sizes)
+
+
+if __name__ == "__main__":
+    main()
