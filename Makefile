@@ -19,7 +19,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m pyg_grapheme.data.summary
+	$(BIN)/python -m pyg_grapheme fit --config experiments/kindergarten.yaml
 
 test: setup
 	$(BIN)/ruff check .

@@ -1,1 +1,7 @@
-"""pyg_grapheme.training"""
+"""Lightning training: the only part of pyg_grapheme that imports lightning."""
+
+from pyg_grapheme.training.callbacks import TrainingReport
+from pyg_grapheme.training.datamodule import GraphemeDataModule
+from pyg_grapheme.training.module import GraphemeModule
+
+__all__ = ["GraphemeDataModule", "GraphemeModule", "TrainingReport"]

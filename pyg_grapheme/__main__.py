@@ -1,0 +1,4 @@
+from pyg_grapheme.training.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Callbacks: curves (loss, threshold, answers) as a PNG and the table of decoded answers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+_CURVES = (
+    ("train_loss", "train loss"),
+    ("val_loss", "val loss"),
+    ("train_node", "train node term"),
+    ("train_edge", "train edge term"),
+    ("train_clique", "train clique term"),
+)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same folder and rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class TrainingReport(Callback):
+    """Record per-epoch metrics; at the end of ``fit`` write ``curves.png`` (losses, the
+    merge threshold, exact match and node counts) and ``answers.md`` (decoded answers vs
+    targets of the last validation pass) into the logger's folder, and print the table.
+
+    Args:
+        print_table: print the answer table at the end of ``fit``.
+        max_rows: rows of the printed table (the file has all of them).
+    """
+
+    def __init__(self, print_table: bool = True, max_rows: int = 80) -> None:
+        self.print_table = print_table
+        self.max_rows = max_rows
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    def _record(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking:
+            return
+        for key, value in trainer.callback_metrics.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                series = self.history.setdefault(key, [])
+                if not series or series[-1][0] != trainer.current_epoch:
+                    series.append((trainer.current_epoch, float(value)))
+                else:
+                    series[-1] = (trainer.current_epoch, float(value))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._record(trainer)
+
+    def out_dir(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0:
+            return
+        out = self.out_dir(trainer)
+        _atomic_write(out / "curves.png", lambda p: self.plot(p))
+        rows = getattr(pl_module, "examples", [])
+        if rows:
+            table = answer_table(rows)
+            _atomic_write(out / "answers.md", lambda p: Path(p).write_text(table))
+            if self.print_table:
+                lines = table.splitlines()
+                print("\n".join(lines[: self.max_rows + 2]))
+                exact = sum(a == t for _, a, t in rows) / len(rows)
+                print(f"\nexact match: {exact:.3f} ({sum(a == t for _, a, t in rows)}/{len(rows)})")
+        print(f"curves: {out / 'curves.png'}")
+
+    def plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for key, label in _CURVES:
+            if key in self.history:
+                e, v = zip(*self.history[key], strict=True)
+                axes[0].plot(e, v, label=label)
+        axes[0].set_yscale("log")
+        axes[0].set_title("loss")
+        if "theta" in self.history:
+            e, v = zip(*self.history["theta"], strict=True)
+            thr = torch.sigmoid(torch.tensor(v)).tolist()
+            axes[1].plot(e, v, label="theta")
+            axes[1].plot(e, thr, label="sigmoid(theta)")
+        for key in ("train_merge_prob", "train_merge_fraction"):
+            if key in self.history:
+                e, v = zip(*self.history[key], strict=True)
+                axes[1].plot(e, v, label=key.removeprefix("train_"))
+        axes[1].set_title("merge threshold")
+        for key in ("val_exact_match", "val_cer", "train_node_count_error"):
+            if key in self.history:
+                e, v = zip(*self.history[key], strict=True)
+                axes[2].plot(e, v, label=key)
+        axes[2].set_title("answers")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=90)
+        plt.close(fig)
+
+
+def answer_table(rows: list[tuple[str, str, str]]) -> str:
+    """Markdown table of (question, answer, target) with a match column."""
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", "\\n")
+
+    lines = ["| question | answer | target | ok |", "|---|---|---|---|"]
+    lines += [f"| {cell(q)} | {cell(a)} | {cell(t)} | {'yes' if a == t else ''} |"
+              for q, a, t in rows]
+    return "\n".join(lines) + "\n"

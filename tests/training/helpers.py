@@ -1,0 +1,47 @@
+"""Shared helpers for the training tests: a small Trainer run and its CSV metrics."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
+
+
+def train(tmp: Path, epochs: int, *, seed: int = 0, ckpt_path=None, val_every: int = 1,
+          version: int = 0,
+          module_kwargs=None, data_kwargs=None, callbacks=(), **trainer_kwargs):
+    L.seed_everything(seed, workers=True)
+    module = GraphemeModule(**(module_kwargs or {}))
+    data = GraphemeDataModule(
+        **{"train_file": "kindergarten", "batch_size": 128, "root": str(tmp / "cache"),
+           "shuffle": False, **(data_kwargs or {})}
+    )
+    best = ModelCheckpoint(dirpath=tmp / "ckpt", monitor="val_exact_match", mode="max")
+    # With a monitor, last.ckpt is only refreshed when the best improves: a second
+    # callback writes it every epoch.
+    last = ModelCheckpoint(dirpath=tmp / "ckpt", save_top_k=0, save_last=True)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True,
+        logger=CSVLogger(tmp, name="logs", version=version), callbacks=[best, last, *callbacks],
+        enable_progress_bar=False, enable_model_summary=False,
+        check_val_every_n_epoch=val_every, num_sanity_val_steps=0, default_root_dir=tmp,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return trainer, module
+
+
+def epoch_metrics(log_dir: Path) -> dict[str, dict[int, float]]:
+    """metric -> {epoch: value} from a CSVLogger's metrics.csv."""
+    out: dict[str, dict[int, float]] = {}
+    with open(log_dir / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value not in ("", None):
+                    out.setdefault(key, {})[int(row["epoch"])] = float(value)
+    return out
