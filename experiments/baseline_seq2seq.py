@@ -239,6 +239,7 @@ class Result:
     exact: dict[str, float] = field(default_factory=dict)
     cer: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    examples: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
 
 
 def evaluate_all(
@@ -247,7 +248,9 @@ def evaluate_all(
     for split, pairs in data.pairs.items():
         questions = [q for q, _ in pairs]
         targets = [a for _, a in pairs]
-        result.exact[split], result.cer[split] = score(answer(questions), targets)
+        answers = answer(questions)
+        result.exact[split], result.cer[split] = score(answers, targets)
+        result.examples[split] = list(zip(questions, answers, targets, strict=True))[:4]
     return result
 
 
@@ -445,6 +448,12 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(rows)
 
 
+def print_examples(result: Result) -> None:
+    """A few test answers, so a score of 0 can be told apart from near misses."""
+    for q, a, t in result.examples.get("test", []):
+        print(f"  {result.model} {q!r} -> {a!r} (target {t!r})")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="all", choices=(*TASKS, "all"))
@@ -492,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                 lr=args.gru_lr, seed=args.seed,
             )
             results.append(result)
+            print_examples(result)
         if "graph" in models:
             try:
                 results.append(train_graph(
@@ -499,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                     hidden=args.graph_hidden, batch_size=args.batch_size, lr=args.graph_lr,
                     seed=args.seed, cache_dir=args.data_dir,
                 ))
+                print_examples(results[-1])
             except Exception as err:  # report the failure in the table, keep the GRU rows
                 traceback.print_exc()
                 try:
