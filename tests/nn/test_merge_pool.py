@@ -670,6 +670,28 @@ def sampled_estimate(pool, x, ei, loss_fn, target, num_samples, seed):
     return float(pool.theta.grad)
 
 
+def ot_loss(out, target, num_graphs):
+    """Unbalanced entropic OT (POT) between the pooled nodes, with the node masses as
+    the source marginal, and the target nodes (features [T, F], mass 1 each)."""
+    import ot
+
+    losses = []
+    for g in range(num_graphs):
+        mask = out.batch == g
+        cost = torch.cdist(out.x[mask], target) ** 2 / target.size(1)
+        losses.append(ot.unbalanced.sinkhorn_unbalanced2(
+            out.node_weight[mask], torch.ones(target.size(0), dtype=cost.dtype), cost,
+            0.05, 1.0))
+    return torch.stack(losses)
+
+
+def ot_target(x, sizes, target):
+    """Target features: the run means (one node per run) or the nodes themselves."""
+    if target == len(sizes):
+        return torch.stack([r.mean(0) for r in torch.split(x, list(sizes))])
+    return x
+
+
 def fd_report(num_seeds: int = 5):
     """Prints, per loss and estimator, how many of the cases have the sign of the FD
     and how many are within 20% (random estimators: mean over num_seeds seeds)."""
@@ -678,12 +700,18 @@ def fd_report(num_seeds: int = 5):
         estimators.append((f"counts, stochastic=True, K={k}", dict(stochastic=True), k))
     for k in (4, 16):
         estimators.append((f"score, LOO baseline, K={k}", dict(estimator="score"), k))
-    for name, loss_fn in [("count", count_loss), ("node+edge", node_edge_loss)]:
+    for name, loss_fn in [("count", count_loss), ("node+edge", node_edge_loss),
+                          ("OT (POT unbalanced Sinkhorn)", ot_loss)]:
+
+        def target_of(x, sizes, target, name=name):
+            return ot_target(x, sizes, target) if name.startswith("OT") else target
+
         fds = []
         for k, (sizes, thr, target, tau) in enumerate(FD_CASES):
             x = runs_features(sizes, noise=0.3, seed=k)
             pool = ThresholdMergePool(8, threshold=thr, tau=tau).double()
-            fds.append(fd_theta(pool, x, chain(sum(sizes)), loss_fn, target))
+            fds.append(fd_theta(pool, x, chain(sum(sizes)), loss_fn,
+                                target_of(x, sizes, target)))
         for label, kw, num in estimators:
             sign = within = 0.0
             seeds = range(num_seeds) if num else [0]
@@ -692,10 +720,11 @@ def fd_report(num_seeds: int = 5):
                     x = runs_features(sizes, noise=0.3, seed=k)
                     ei = chain(sum(sizes))
                     pool = ThresholdMergePool(8, threshold=thr, tau=tau, **kw).double()
+                    tgt = target_of(x, sizes, target)
                     if num:
-                        est = sampled_estimate(pool, x, ei, loss_fn, target, num, seed)
+                        est = sampled_estimate(pool, x, ei, loss_fn, tgt, num, seed)
                     else:
-                        est = counts_estimate(pool, x, ei, loss_fn, target)
+                        est = counts_estimate(pool, x, ei, loss_fn, tgt)
                     fd = fds[k]
                     sign += (est * fd > 0) / len(seeds)
                     within += (abs(est - fd) <= 0.2 * abs(fd)) / len(seeds)
