@@ -30,7 +30,9 @@ or :math:`(x - y)^2` (``"square"``), the sums running over both graphs' nodes an
 dummies (an edge present on one side only costs 1, counted once per directed edge).
 The reference measure :math:`R = (a \oplus 1)(b \oplus 1)^\top` with the
 dummy-dummy cell set to :math:`\rho = \min(\sum a, \sum b)` makes the regulariser exactly
-0 on any hard (0/1) alignment of unit nodes, so a graph scores ~0 against itself and,
+0 on any hard (0/1) alignment of unit nodes that matches :math:`\min(n, m)` pairs (the
+plain entropy would add :math:`\varepsilon\, k \log k` for the :math:`k` matched pairs
+in the dummy-dummy cell), so a graph scores ~0 against itself and,
 with 0/1 labels, ``alpha=1, beta=1, gamma=0``, the value approximates the graph edit
 distance with unit costs (node substitution, insertion, deletion, edge insertion,
 deletion). Only the dummy-dummy cell of :math:`R` changes the plan (a cost shift of
@@ -47,9 +49,12 @@ plan :math:`P_t`, linearise the quadratic term and solve
 
 warm-starting the potentials, with :math:`\varepsilon_t` annealed geometrically from
 ``reg_init`` down to ``reg`` (fewer poor local optima) and the last iterations at ``reg``.
+Intermediate steps run a few Sinkhorn iterations (``inner_iter``); the final solve, where
+the gradient is taken, runs to ``tol``.
 :math:`\nabla Q(P) = F_1(A) r \mathbf 1^\top + \ldots - 2(A P B^\top + A^\top P B)`
-is computed from the edge lists by scatter in :math:`O(E_G\, m + E_H\, n)`; no dense
-adjacency. Every pair of the batch is padded (``to_dense_batch``) and solved at once.
+is computed from the edge lists as block-sparse products in
+:math:`O(E_G\, m + E_H\, n)`; no dense adjacency. Every pair of the batch is padded
+(``to_dense_batch``) and solved at once.
 
 **Gradient.** Envelope theorem at the final plan :math:`P^\ast` (held fixed): the value
 is recomputed from the detached plan, so autograd gives

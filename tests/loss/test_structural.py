@@ -413,3 +413,19 @@ def test_ranks_graph_pairs_like_exact_ged_full(request):
     ged, keep = [d for d, _ in res], [e for _, e in res]
     r = gf.evaluate(pairs, ged, keep, repeats=1, **GED)
     assert r["all"]["rho"] >= 0.97 and r["edited"]["rho"] >= 0.95
+
+
+def test_plan_cross_entropy_on_a_hard_alignment():
+    g = chain([0, 1, 2, 3, 1])
+    _, parts = structural_loss(g, g, return_components=True, **GED)
+    logits = torch.randn(5, 4)
+    expected = torch.nn.functional.cross_entropy(logits, g.x.argmax(1))
+    torch.testing.assert_close(parts["plan_cross_entropy"](logits, g.x), expected,
+                               atol=1e-4, rtol=1e-4)
+    slots = torch.randn(5, 2, 4)  # [N, S, K]: mean over slots
+    target = g.x.unsqueeze(1).expand(-1, 2, -1)
+    expected = torch.nn.functional.cross_entropy(slots.reshape(10, 4), target.reshape(10, 4))
+    _, parts = structural_loss(Data(x=target, edge_index=g.edge_index),
+                               Data(x=target, edge_index=g.edge_index), return_components=True)
+    torch.testing.assert_close(parts["plan_cross_entropy"](slots, target), expected,
+                               atol=1e-4, rtol=1e-4)
