@@ -93,13 +93,11 @@ class GraphTransformNet(nn.Module):
         pool_threshold: float = 0.5,
         pool_proj_channels: int | None = None,
         dropout: float = 0.0,
-        segment_features: bool = True,
     ) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
         self.hidden = hidden
-        self.segment_features = segment_features
         self.attention_distances = tuple(attention_distances)
         self.encoder = GraphemeEncoder(hidden)
         self.dag = nn.ModuleList(DAGConv(hidden) for _ in range(dag_layers))
@@ -167,8 +165,6 @@ class GraphTransformNet(nn.Module):
         # Re-encode position on the pooled chain (which output grapheme this is, of how
         # many) and the question's summary: what the head needs to say *which* grapheme.
         summary = self.pooled_context(h, vec, dim_size=num_graphs)[out.batch]
-        if not self.segment_features:
-            hp = hp * 0.0  # keeps the graph connected for the count gradients
         hp = self.pooled_norm(hp + summary + self.pooled_pos(out.batch, out.x.size(0)))
         for conv in self.post:
             hp = conv(hp, out.edge_index, out.edge_weight)

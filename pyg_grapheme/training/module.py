@@ -58,7 +58,6 @@ class GraphemeModule(L.LightningModule):
         pool_threshold: float = 0.5,
         pool_proj_channels: int | None = None,
         dropout: float = 0.0,
-        segment_features: bool = True,
         alpha: float = 1.0,
         beta: float = 0.5,
         gamma: float = 2.0,
@@ -85,7 +84,6 @@ class GraphemeModule(L.LightningModule):
             pool_threshold=pool_threshold,
             pool_proj_channels=pool_proj_channels,
             dropout=dropout,
-            segment_features=segment_features,
         )
         self.val_cer = CharErrorRate()
         self.examples: list[tuple[str, str, str]] = []
