@@ -267,11 +267,15 @@ def text_to_graph(text: str, *, skip: tuple[int, ...] = ()) -> Data:
     return data
 
 
-def slots_to_bytes(x: torch.Tensor) -> bytes:
-    """UTF-8 bytes of nodes encoded as slots (``x`` as in :func:`text_to_graph`), in row
-    order; pad slots are dropped."""
-    flat = x.reshape(-1).to(torch.int64)
-    return bytes((flat[flat > PAD] - 1).tolist())
+def decode_slots(classes: torch.Tensor) -> bytes:
+    """Bytes of nodes given per-slot classes ``[N, GRAPHEME_WIDTH]`` (``x`` of
+    :func:`text_to_graph`, or a model's most likely class per slot), in node order; each
+    node's bytes end at its first :data:`PAD`."""
+    if classes.numel() == 0:
+        return b""
+    classes = classes.to(torch.int64)
+    alive = torch.cumprod((classes != PAD).long(), dim=1).bool()
+    return bytes((classes[alive] - 1).clamp(0, 255).tolist())
 
 
 def graph_to_text(data: Data) -> str:
@@ -291,7 +295,7 @@ def graph_to_text(data: Data) -> str:
                 f"{int(data.grapheme_len.sum())}: not a text_to_graph graph"
             )
         return raw.decode("utf-8", errors="replace")
-    return slots_to_bytes(data.x).decode("utf-8", errors="replace")
+    return decode_slots(data.x).decode("utf-8", errors="replace")
 
 
 def graphs_to_texts(batch) -> list[str]:

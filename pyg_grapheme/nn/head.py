@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from pyg_grapheme.data.graphemes import GRAPHEME_WIDTH, NUM_BYTE_CLASSES, PAD
+from pyg_grapheme.data.graphemes import GRAPHEME_WIDTH, NUM_BYTE_CLASSES, decode_slots
+
+__all__ = ["ByteHead", "decode_slots", "one_hot_bytes"]
 
 
 class ByteHead(nn.Module):
@@ -59,11 +60,3 @@ def one_hot_bytes(batch: Data | Batch) -> Data | Batch:
     out.x = F.one_hot(batch.x.long(), NUM_BYTE_CLASSES).float()
     return out
 
-
-def decode_slots(classes: Tensor) -> bytes:
-    """Bytes of nodes given per-slot classes ``[N, GRAPHEME_WIDTH]`` (node order kept);
-    each node's bytes end at its first :data:`PAD`."""
-    if classes.numel() == 0:
-        return b""
-    alive = torch.cumprod((classes != PAD).long(), dim=1).bool()
-    return bytes((classes[alive] - 1).clamp(0, 255).tolist())

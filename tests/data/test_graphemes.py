@@ -6,7 +6,7 @@ from torch_geometric.data import Batch
 
 from pyg_grapheme import graph_to_text, text_to_graph
 from pyg_grapheme.data import GRAPHEME_WIDTH, PAD, graphs_to_texts
-from pyg_grapheme.data.graphemes import grapheme_spans, slots_to_bytes
+from pyg_grapheme.data.graphemes import decode_slots, grapheme_spans
 
 # Unicode text without lone surrogates (they have no UTF-8 form).
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
@@ -48,7 +48,7 @@ def test_layout_and_encoding():
     assert g.x[1, :2].tolist() == [0xC3 + 1, 0xA9 + 1] and g.x[1, 2:].eq(PAD).all()
     assert g.edge_index.tolist() == [[0, 1], [1, 2]]
     assert g.grapheme_len.tolist() == [1, 2, 1]
-    assert slots_to_bytes(g.x).decode() == "hé!"
+    assert decode_slots(g.x).decode() == "hé!"
 
 
 def test_long_grapheme_overflows_x_but_round_trips():
