@@ -50,7 +50,8 @@ def check_checkpoint(path: str | Path | None) -> None:
 
 class GraphemeCLI(LightningCLI):
     """LightningCLI with the package's defaults: best (by validation exact match) and last
-    checkpoints, the training report, and checkpoint checks before any work starts."""
+    checkpoints and the training report. (``--ckpt_path`` is checked in :func:`main`:
+    LightningCLI already loads it while it is built, before any ``before_*`` hook.)"""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -64,11 +65,6 @@ class GraphemeCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.save_top_k": 0, "last_checkpoint.save_last": True})
         parser.add_lightning_class_args(TrainingReport, "report")
-
-    def before_fit(self) -> None:
-        check_checkpoint(self.config_init[self.subcommand].get("ckpt_path"))
-
-    before_validate = before_test = before_predict = before_fit
 
 
 def predict_texts(ckpt_path: str, texts: list[str]) -> list[str]:

@@ -102,7 +102,7 @@ class GraphemeModule(L.LightningModule):
         )
         total = loss
         if hp.ce_weight > 0:
-            total = total + hp.ce_weight * plan_cross_entropy(pred, target, parts)
+            total = total + hp.ce_weight * parts["plan_cross_entropy"](pred.logits, target.x)
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
         n = batch.num_graphs
@@ -184,10 +184,3 @@ class GraphemeModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
-def plan_cross_entropy(pred, target, parts: dict) -> Tensor:
-    """Cross-entropy of the byte head against the target graphemes, each pair of nodes
-    weighted by the structural loss's (detached) transport plan; mean over pairs."""
-    return parts["plan_cross_entropy"](pred.logits, target.x)
-
