@@ -561,11 +561,11 @@ def structural_loss(
 def _plan_cross_entropy(P: Tensor, ps: _Side, ts: _Side, n: int, m: int):
     """A closure ``(logits, target_x) -> scalar``: the cross-entropy of the predicted
     nodes' logits against the target nodes they are matched to, weighted by the (detached)
-    plan, per matched unit of mass, mean over pairs."""
+    plan, per matched unit of mass, mean over pairs (``reduction="none"``: per pair)."""
     plan = P[:, :n, :m]
     B = P.size(0)
 
-    def plan_cross_entropy(logits: Tensor, target_x: Tensor) -> Tensor:
+    def plan_cross_entropy(logits: Tensor, target_x: Tensor, reduction: str = "mean") -> Tensor:
         dtype = plan.dtype
         logp = torch.log_softmax(logits.to(dtype), dim=-1)
         slots = logp.size(1) if logp.dim() == 3 else 1
@@ -575,6 +575,8 @@ def _plan_cross_entropy(P: Tensor, ps: _Side, ts: _Side, n: int, m: int):
         ce = -(Lp @ Qt.transpose(1, 2)) / slots  # [B, n, m]
         mass = plan.sum((1, 2))
         per_pair = (plan * ce).sum((1, 2)) / mass.clamp_min(torch.finfo(dtype).tiny)
+        if reduction == "none":
+            return per_pair
         return per_pair.mean() if B else per_pair.sum()
 
     return plan_cross_entropy

@@ -131,6 +131,40 @@ def merge_logit(score: Tensor, theta: Tensor, tau: float = 1.0, eps: float = 1e-
     return z if tau == 1.0 else z / tau
 
 
+def forced_merges(z: Tensor, edge_batch: Tensor, num_clusters: Tensor) -> Tensor:
+    r"""Merge decisions that give graph :math:`g` exactly :obj:`num_clusters[g]` clusters
+    when its candidate edges form a forest with one tree (a chain, the text graph): the
+    :math:`E_g - k_g + 1` edges with the highest merge logit merge, the other
+    :math:`k_g - 1` are cut. :math:`k_g` is clipped into :math:`[1, E_g + 1]`. On other
+    graphs the count is at least :math:`k_g`. O(E log E).
+
+    The training analogue of teacher forcing: the model still chooses *where* the
+    boundaries go (its own ranking of :math:`z`), the target only says how many, and
+    :math:`-\log P(m)` of these decisions trains the threshold decision to agree.
+
+    Args:
+        z (torch.Tensor): merge logits :obj:`[E]`.
+        edge_batch (torch.Tensor): graph of each edge :obj:`[E]`.
+        num_clusters (torch.Tensor): wanted clusters per graph :obj:`[B]`.
+    Returns a bool :obj:`[E]`.
+    """
+    num_edges = z.numel()
+    if num_edges == 0:
+        return z.new_zeros(0, dtype=torch.bool)
+    # Sort by graph, then by descending logit; rank = position inside the graph's run.
+    order = torch.argsort(z.detach(), descending=True, stable=True)
+    order = order[torch.argsort(edge_batch[order], stable=True)]
+    per_graph = torch.bincount(edge_batch, minlength=num_clusters.numel())
+    start = per_graph.cumsum(0) - per_graph
+    sorted_batch = edge_batch[order]
+    rank = torch.arange(num_edges, device=z.device) - start[sorted_batch]
+    cuts = (num_clusters.to(per_graph.device) - 1).clamp(min=0)
+    keep = (per_graph - cuts).clamp(min=0)
+    merged = torch.empty(num_edges, dtype=torch.bool, device=z.device)
+    merged[order] = rank < keep[sorted_batch]
+    return merged
+
+
 def coarsen_edges(
     cluster: Tensor, edge_index: Tensor, num_clusters: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -537,6 +571,7 @@ class ThresholdMergePool(torch.nn.Module):
         edge_weight: Tensor | None = None,
         *,
         merged: Tensor | None = None,
+        num_clusters: Tensor | None = None,
     ) -> PoolOutput:
         r"""Forward pass.
 
@@ -550,6 +585,11 @@ class ThresholdMergePool(torch.nn.Module):
             merged (torch.Tensor, optional): Bool :math:`(E)` decisions to use instead
                 of the threshold (held fixed, e.g. for gradcheck or for enumerating merge
                 patterns). (default: :obj:`None`)
+            num_clusters (torch.Tensor, optional): Clusters wanted per graph :math:`(B)`:
+                merge the highest-logit edges of each graph instead of thresholding
+                (:func:`forced_merges`; exact on chains). Training with it and the loss
+                :math:`-\overline{\log P(m)}` on :obj:`log_prob` teaches the threshold the
+                right count. (default: :obj:`None`)
         """
         num_nodes = x.size(0)
         if batch is None:
@@ -560,6 +600,8 @@ class ThresholdMergePool(torch.nn.Module):
         score = edge_similarity(h, edge_index, self.similarity)
         z = merge_logit(score, self.theta, self.tau, self.eps)
         p = torch.sigmoid(z)
+        if merged is None and num_clusters is not None:
+            merged = forced_merges(z, batch.index_select(0, row), num_clusters)
         if merged is None:
             if self.training and (self.stochastic or self.estimator == "score"):
                 merged = torch.bernoulli(p.detach()).bool()
@@ -571,7 +613,10 @@ class ThresholdMergePool(torch.nn.Module):
         log_prob = F.logsigmoid(torch.where(merged, z, -z))
 
         kept = merged & (row != col)
-        counts = self.estimator == "counts" and torch.is_grad_enabled() and p.requires_grad
+        # Forced counts carry no count gradient: the target fixed the count, and
+        # -log_prob of the forced decisions is what trains the threshold then.
+        counts = (self.estimator == "counts" and num_clusters is None
+                  and torch.is_grad_enabled() and p.requires_grad)
         q = _quotient(
             edge_index, kept, batch, num_nodes, self.components, p.dtype if counts else None
         )

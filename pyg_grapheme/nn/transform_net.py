@@ -38,13 +38,33 @@ def reading_order_edges(batch: Tensor, distances: Sequence[int]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def bipartite_complete(src_batch: Tensor, dst_batch: Tensor) -> Tensor:
+    """Edges from every source node to every target node of the same graph, ``[2, E]``
+    with ``E = sum_g n_g m_g`` (source ids index ``src_batch``, target ids ``dst_batch``).
+
+    Both batch vectors must be sorted (PyG's layout). Built without a Python loop.
+    """
+    device = src_batch.device
+    num_graphs = int(max(src_batch.max().item() if src_batch.numel() else -1,
+                         dst_batch.max().item() if dst_batch.numel() else -1)) + 1
+    n_src = torch.bincount(src_batch, minlength=num_graphs)
+    start = n_src.cumsum(0) - n_src
+    rep = n_src[dst_batch]  # each target node meets every source node of its graph
+    dst = torch.arange(dst_batch.numel(), device=device).repeat_interleave(rep)
+    block = rep.cumsum(0) - rep
+    offset = torch.arange(dst.numel(), device=device) - block.repeat_interleave(rep)
+    src = start[dst_batch].repeat_interleave(rep) + offset
+    return torch.stack([src, dst])
+
+
 class GraphTransformNet(nn.Module):
     r"""Turn a batch of text graphs into a batch of answer graphs.
 
     .. code-block:: text
 
         bytes ─▶ GraphemeEncoder ─▶ DAGConv × L₁ ─▶ [GATv2Conv + global context] × L₂
-              ─▶ ThresholdMergePool (along reading-order edges) ─▶ DAGConv × L₃ ─▶ ByteHead
+              ─▶ ThresholdMergePool (along reading-order edges)
+              ─▶ [GATv2Conv input ─▶ pooled (cross attention) + DAGConv] × L₃ ─▶ ByteHead
 
     - :class:`DAGConv` layers read the chain in both directions with separate weights.
     - :class:`~torch_geometric.nn.conv.GATv2Conv` layers attend over reading-order
@@ -57,6 +77,11 @@ class GraphTransformNet(nn.Module):
       cluster is a contiguous segment and the pooled graph is again a chain (a DAG): the
       answer's graphemes in order. Its expected-count gradients (``node_weight``,
       ``edge_weight``) tell the loss how many output nodes to make.
+    - On the pooled chain, each layer first lets every output node attend over all input
+      nodes of its graph (a bipartite :class:`~torch_geometric.nn.conv.GATv2Conv`,
+      ``O(sum_g n_g m_g)``): the pooled segment says where an output grapheme sits, the
+      attention fetches what it should say (the role attention plays in a seq2seq
+      decoder), then a :class:`DAGConv` passes it along the output chain.
     - :class:`ByteHead` predicts each output node's bytes, vocabulary-free.
 
     Args:
@@ -64,7 +89,7 @@ class GraphTransformNet(nn.Module):
         dag_layers: DAGConv layers before attention (default ``2``).
         gat_layers: GATv2Conv layers (default ``2``).
         heads: attention heads (``hidden`` must be divisible by it; default ``4``).
-        post_layers: DAGConv layers on the pooled graph (default ``1``).
+        post_layers: cross-attention + DAGConv layers on the pooled graph (default ``1``).
         attention_distances: reading-order distances the attention sees
             (default ``(1, 2, 4, 8, 16)``).
         pool_similarity, pool_tau, pool_threshold: :class:`ThresholdMergePool` options
@@ -119,12 +144,19 @@ class GraphTransformNet(nn.Module):
         )
         self.pooled_pos = ChainPosition(hidden)
         self.pooled_norm = nn.LayerNorm(hidden)
+        self.cross = nn.ModuleList(
+            GATv2Conv((hidden, hidden), hidden // heads, heads=heads, dropout=dropout,
+                      add_self_loops=False)
+            for _ in range(post_layers)
+        )
+        self.cross_norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(post_layers))
         self.post = nn.ModuleList(DAGConv(hidden) for _ in range(post_layers))
         self.head = ByteHead(hidden)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in (self.encoder, *self.dag, *self.gat, *self.post, self.pool, self.head):
+        for module in (self.encoder, *self.dag, *self.gat, *self.cross, *self.cross_norm,
+                       *self.post, self.pool, self.head):
             module.reset_parameters()
         for ctx, norm in zip(self.context, self.gat_norm, strict=True):
             ctx.reset_parameters()
@@ -138,7 +170,15 @@ class GraphTransformNet(nn.Module):
         """The merge threshold's logit (``sigmoid(theta)`` is the similarity threshold)."""
         return self.pool.theta
 
-    def forward(self, batch: Batch) -> Batch:
+    def forward(self, batch: Batch, num_out: Tensor | None = None) -> Batch:
+        """Answer graphs for a batch of text graphs.
+
+        ``num_out`` (``[B]``, optional) forces each answer to that many nodes (the target
+        grapheme counts in training: teacher forcing for the segmentation, see
+        :func:`~pyg_grapheme.nn.merge_pool.forced_merges`); the model still picks where
+        the boundaries go, and ``log_prob`` of the output says how likely its threshold
+        finds them. Without it the threshold decides.
+        """
         x = batch.x
         n = x.size(0)
         vec = getattr(batch, "batch", None)
@@ -160,13 +200,15 @@ class GraphTransformNet(nn.Module):
         # Score merges on features centred per graph: what all nodes of a question share
         # (its context) would otherwise make every pair look alike and merge everything.
         mean = scatter(h, vec, dim=0, dim_size=num_graphs, reduce="mean")
-        out = self.pool(h - mean[vec], chain, vec)
+        out = self.pool(h - mean[vec], chain, vec, num_clusters=num_out)
         hp = out.x + mean[out.batch]  # the mean is linear: this is the pooled h itself
         # Re-encode position on the pooled chain (which output grapheme this is, of how
         # many) and the question's summary: what the head needs to say *which* grapheme.
         summary = self.pooled_context(h, vec, dim_size=num_graphs)[out.batch]
         hp = self.pooled_norm(hp + summary + self.pooled_pos(out.batch, out.x.size(0)))
-        for conv in self.post:
+        cross = bipartite_complete(vec, out.batch)
+        for att_conv, norm, conv in zip(self.cross, self.cross_norm, self.post, strict=True):
+            hp = norm(hp + F.gelu(att_conv((h, hp), cross)))
             hp = conv(hp, out.edge_index, out.edge_weight)
         logits = self.head(hp)
         counts = torch.bincount(out.batch, minlength=num_graphs)
@@ -181,6 +223,7 @@ class GraphTransformNet(nn.Module):
             cluster=out.cluster,
             merge_prob=out.merge_prob,
             merged=out.merged,
+            log_prob=out.log_prob,
         )
         pred._num_graphs = num_graphs
         return pred

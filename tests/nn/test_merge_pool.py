@@ -24,6 +24,7 @@ from pyg_grapheme.nn.merge_pool import (
     edge_similarity,
     expected_edge_share,
     expected_node_share,
+    forced_merges,
 )
 from tests.conftest import DEVICES
 
@@ -111,6 +112,30 @@ def test_half_cosine_and_projection():
     assert torch.equal(out.merged, cos > 0.5)
     out.node_weight.sum().backward()
     assert pool.proj.weight.grad is not None and pool.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forced_merges_give_the_wanted_count_with_the_highest_logits(seed):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 9, (6,), generator=gen)
+    data = [Data(x=torch.randn(int(n), 4, generator=gen),
+                 edge_index=torch.stack([torch.arange(int(n) - 1), torch.arange(1, int(n))]))
+            for n in sizes]
+    batch = Batch.from_data_list(data)
+    want = torch.randint(0, 10, (len(data),), generator=gen)  # 0 and > n get clipped
+    pool = ThresholdMergePool(4)
+    out = pool(batch.x, batch.edge_index, batch.batch, num_clusters=want)
+    counts = torch.bincount(out.batch, minlength=len(data))
+    assert counts.tolist() == want.clamp(min=1).minimum(sizes).tolist()
+    # Per graph, every merged edge has a logit at least as high as every cut edge.
+    z = torch.logit(out.merge_prob)
+    edge_graph = batch.batch[batch.edge_index[0]]
+    for g in range(len(data)):
+        mine = edge_graph == g
+        merged, cut = z[mine & out.merged], z[mine & ~out.merged]
+        if merged.numel() and cut.numel():
+            assert merged.min() >= cut.max()
+    assert torch.equal(forced_merges(z[:0], edge_graph[:0], want), out.merged[:0])
 
 
 @pytest.mark.parametrize("undirected", [False, True])

@@ -7,7 +7,12 @@ from torch_geometric.data import Batch
 from pyg_grapheme import text_to_graph
 from pyg_grapheme.loss import structural_loss
 from pyg_grapheme.nn import GraphTransformNet, one_hot_bytes
-from pyg_grapheme.nn.transform_net import decode_graphs, reading_order_edges, topological_order
+from pyg_grapheme.nn.transform_net import (
+    bipartite_complete,
+    decode_graphs,
+    reading_order_edges,
+    topological_order,
+)
 from tests.conftest import DEVICES
 
 QUESTIONS = ["What colour is the sky?", "How many legs?", "caf\u00e9 \U0001F431", "a"]
@@ -157,6 +162,35 @@ def test_reading_order_edges_stay_inside_graphs():
     ei = reading_order_edges(batch, (1, 2))
     assert bool((batch[ei[0]] == batch[ei[1]]).all())
     assert ei.size(1) == 2 * (3 + 1)
+
+
+def test_bipartite_complete_pairs_every_node_of_a_graph():
+    src_batch = torch.tensor([0, 0, 0, 2, 2])  # graph 1 has no source nodes
+    dst_batch = torch.tensor([0, 0, 1, 2])
+    ei = bipartite_complete(src_batch, dst_batch)
+    want = {(s, d) for s in range(5) for d in range(4) if src_batch[s] == dst_batch[d]}
+    assert set(map(tuple, ei.t().tolist())) == want
+    assert ei.size(1) == len(want)
+
+
+def test_num_out_forces_each_answer_length_and_log_prob_trains_theta():
+    net = small_net()
+    inputs, targets = batches()
+    want = torch.tensor([4, 1, 3, 1])  # "a" has one node: clipped to what it can have
+    pred = net(inputs, num_out=want)
+    counts = torch.bincount(pred.batch, minlength=len(QUESTIONS))
+    assert counts.tolist() == [4, 1, 3, 1]
+    src, dst = pred.edge_index
+    assert bool((dst == src + 1).all())
+    (-pred.log_prob.mean()).backward()
+    assert net.theta.grad.abs() > 0
+    # The cuts are the model's own least likely merges: thresholding a model whose
+    # decisions agree with them gives the same output.
+    with torch.no_grad():
+        free = net(inputs)
+    free_counts = torch.bincount(free.batch, minlength=len(QUESTIONS))
+    forced = net(inputs, num_out=free_counts)
+    assert torch.equal(forced.cluster, free.cluster)
 
 
 @pytest.mark.parametrize("device", DEVICES)
