@@ -1,4 +1,8 @@
-"""Acceptance: the module learns the kindergarten set (not only a falling loss)."""
+"""Acceptance: the module learns the kindergarten set (not only a falling loss).
+
+One seeded full-batch run (about 80 s on one core) serves every check: the issue's
+criteria at epoch 100, then memorisation of the training set.
+"""
 
 import math
 
@@ -7,7 +11,8 @@ import torch
 
 from tests.training.helpers import epoch_metrics, train
 
-EPOCHS = 100
+EPOCHS = 350
+CHECK = 100  # the acceptance criteria are stated at epoch 100
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +26,20 @@ def run(tmp_path_factory):
     return tmp, trainer, module, initial, epoch_metrics(tmp / "logs" / "version_0")
 
 
-def losses(metrics):
-    return [metrics["train_loss"][e] for e in range(EPOCHS)]
+def losses(metrics, epochs=EPOCHS):
+    return [metrics["train_loss"][e] for e in range(epochs)]
 
 
 def test_loss_halves_in_100_epochs(run):
     loss = losses(run[-1])
     assert all(math.isfinite(v) for v in loss)
-    assert loss[-1] < 0.5 * loss[0], (loss[0], loss[-1])
+    assert loss[CHECK - 1] < 0.5 * loss[0], (loss[0], loss[CHECK - 1])
 
 
-@pytest.mark.xfail(reason="measured: the loss falls in 77-88% of epochs (hard merges flip)",
-                   strict=False)
-def test_loss_falls_in_90_percent_of_epochs(run):
-    loss = losses(run[-1])
+def test_loss_falls_in_90_percent_of_the_first_100_epochs(run):
+    loss = losses(run[-1], CHECK)
     falls = sum(b < a for a, b in zip(loss, loss[1:], strict=False))
-    assert falls >= 0.9 * (EPOCHS - 1), f"loss fell in only {falls}/{EPOCHS - 1} epochs"
+    assert falls >= 0.9 * (CHECK - 1), f"loss fell in only {falls}/{CHECK - 1} epochs"
 
 
 def test_parameters_change_and_stay_finite(run):
@@ -51,13 +54,23 @@ def test_parameters_change_and_stay_finite(run):
 
 def test_node_counts_approach_the_targets(run):
     err = run[-1]["val_node_count_error"]
-    first, last = min(err), max(err)
-    assert err[last] < 0.5 * err[first], err
+    first = min(err)
+    assert err[CHECK - 1] < 0.5 * err[first], err
+    assert err[max(err)] <= 0.05, err  # the threshold alone finds the answer lengths
 
 
-@pytest.mark.xfail(reason="measured: exact match is still 0 at epoch 100 (0.03 with lr 1e-3)",
-                   strict=False)
-def test_exact_match_rises(run):
+def test_exact_match_rises_to_memorisation(run):
+    """The issue's target: 100% exact match on the kindergarten training set. Measured:
+    1.0 from epoch 310 with seed 0 (and from 400 with seed 1); 0.95 leaves room for one
+    flipped answer on another platform."""
     exact = run[-1]["val_exact_match"]
     first, last = min(exact), max(exact)
-    assert exact[last] > exact[first] and exact[last] >= 0.2, exact
+    assert exact[first] == 0.0
+    assert exact[last] >= 0.95, exact
+
+
+def test_exact_match_selects_the_best_checkpoint(run):
+    _, trainer, _, _, metrics = run
+    best = trainer.checkpoint_callback.best_model_score
+    assert best is not None
+    assert float(best) == pytest.approx(max(metrics["val_exact_match"].values()))

@@ -1,0 +1,60 @@
+"""The aligned cross-entropy and segmentation forcing of GraphemeModule."""
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Batch
+
+from pyg_grapheme import text_to_graph
+from pyg_grapheme.data.pair import PairData
+from pyg_grapheme.loss import structural_loss
+from pyg_grapheme.nn import one_hot_bytes
+from pyg_grapheme.training import GraphemeModule
+from pyg_grapheme.training.module import aligned_cross_entropy
+
+QUESTIONS = ["What colour is the sky?", "How many legs?", "hi"]
+ANSWERS = ["blue", "4", "hello"]  # the last answer is longer than its question
+
+
+def pair_batch():
+    pairs = []
+    for q, a in zip(QUESTIONS, ANSWERS, strict=True):
+        s, t = text_to_graph(q), text_to_graph(a)
+        pairs.append(PairData(x_s=s.x, edge_index_s=s.edge_index, x_t=t.x,
+                              edge_index_t=t.edge_index))
+    return Batch.from_data_list(pairs, follow_batch=["x_s", "x_t"])
+
+
+def graphs(texts):
+    return Batch.from_data_list([text_to_graph(t) for t in texts])
+
+
+def test_equal_lengths_align_in_reading_order_and_others_use_the_plan():
+    torch.manual_seed(0)
+    module = GraphemeModule(hidden=16, heads=2)
+    inputs, targets = graphs(QUESTIONS), graphs(ANSWERS)
+    pred = module.model(inputs, num_out=torch.tensor([4, 1, 5]))
+    counts = torch.bincount(pred.batch, minlength=3).tolist()
+    assert counts == [4, 1, 2]  # "hi" has 2 graphemes: it cannot make 5
+    _, parts = structural_loss(pred, one_hot_bytes(targets), return_components=True)
+    got = aligned_cross_entropy(pred, targets, parts["plan_cross_entropy"])
+
+    want = []
+    for g in range(2):  # lengths match: node i against grapheme i
+        logits = pred.logits[pred.batch == g]
+        slots = targets.x[targets.batch == g].long()
+        want.append(F.cross_entropy(logits.reshape(-1, 256), slots.reshape(-1)))
+    plan = parts["plan_cross_entropy"](pred.logits, one_hot_bytes(targets).x, reduction="none")
+    want.append(plan[2])
+    assert torch.allclose(got, torch.stack(want).mean(), atol=1e-6)
+
+
+def test_training_step_forces_the_target_count_and_validation_does_not():
+    torch.manual_seed(0)
+    module = GraphemeModule(hidden=16, heads=2, pool_threshold=0.99)  # merges nothing
+    batch = pair_batch()
+    _, pred, targets = module._step(batch, "train")
+    counts = torch.bincount(pred.batch, minlength=3)
+    assert counts.tolist() == [4, 1, 2]
+    _, pred, _ = module._step(batch, "val")
+    counts = torch.bincount(pred.batch, minlength=3)
+    assert counts.tolist() == [len(q) for q in QUESTIONS]
