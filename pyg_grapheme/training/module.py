@@ -88,6 +88,10 @@ class GraphemeModule(L.LightningModule):
         lr, betas, weight_decay: Adam (``beta2 = 0.98``: memorisation of the
             kindergarten set took 270-290 full-batch epochs on 3 seeds, against 310-380
             with 0.999).
+        grad_clip: clip the gradient's total 2-norm to this (``None``: off), unless the
+            ``Trainer`` sets ``gradient_clip_val``, which wins. Measured on kindergarten,
+            batch 32: exact match 0.585 at epoch 100 with clipping at 1, 0.0 without;
+            full batch: every answer right from epoch 230 with it, 310 without.
         warmup_epochs: linear warm-up of the learning rate (0: none).
         cosine: cosine decay to ``lr * min_lr_ratio`` over ``max_epochs`` after warm-up.
         num_examples: decoded examples logged per validation epoch.
@@ -116,6 +120,7 @@ class GraphemeModule(L.LightningModule):
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.98),
         weight_decay: float = 0.0,
+        grad_clip: float | None = 1.0,
         warmup_epochs: int = 0,
         cosine: bool = False,
         min_lr_ratio: float = 0.1,
@@ -225,6 +230,13 @@ class GraphemeModule(L.LightningModule):
         if "grad_2.0_norm_total" in norms:
             self.log("grad_norm", norms["grad_2.0_norm_total"], on_step=False, on_epoch=True,
                      batch_size=1)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val is None and self.hparams.grad_clip:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         hp = self.hparams

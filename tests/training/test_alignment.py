@@ -1,5 +1,6 @@
 """The aligned cross-entropy and segmentation forcing of GraphemeModule."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch
@@ -58,3 +59,34 @@ def test_training_step_forces_the_target_count_and_validation_does_not():
     _, pred, _ = module._step(batch, "val")
     counts = torch.bincount(pred.batch, minlength=3)
     assert counts.tolist() == [len(q) for q in QUESTIONS]
+
+
+def test_gradients_are_clipped_by_default(tmp_path):
+    import lightning as L
+
+    from pyg_grapheme.training import GraphemeDataModule
+
+    norms = {}
+
+    class After(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            norms["before"] = total_norm(module)
+
+        def on_train_batch_end(self, trainer, module, *args):
+            norms["after"] = total_norm(module)
+
+    def total_norm(module):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    L.seed_everything(0)
+    module = GraphemeModule(hidden=16, heads=2, grad_clip=0.5)
+    data = GraphemeDataModule(train_file="kindergarten", batch_size=128,
+                              root=str(tmp_path / "cache"))
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=[After()])
+    trainer.fit(module, datamodule=data)
+    assert norms["before"] > 0.5
+    assert norms["after"] == pytest.approx(0.5, rel=1e-4)
