@@ -392,8 +392,9 @@ def train_graph(
         ckpt = ModelCheckpoint(dirpath=tmp, monitor="val_exact_match", mode="max", save_top_k=1)
         callbacks: list = [budget, ckpt]
         if data.memorise:
+            # EarlyStopping stops once the monitor is strictly above the threshold.
             callbacks.append(EarlyStopping(monitor="val_exact_match", mode="max",
-                                           stopping_threshold=1.0, patience=10**9))
+                                           stopping_threshold=1.0 - 1e-6, patience=10**9))
         trainer = L.Trainer(
             max_time=timedelta(seconds=10 * budget_s),
             max_epochs=max_epochs,
