@@ -106,7 +106,8 @@ class TrainingReport(Callback):
                 e, v = zip(*self.history[key], strict=True)
                 axes[1].plot(e, v, label=key.removeprefix("train_"))
         axes[1].set_title("merge threshold")
-        for key in ("val_exact_match", "val_cer", "train_node_count_error"):
+        # Validation thresholds; training forces the count (its error is 0 by construction).
+        for key in ("val_exact_match", "val_cer", "val_node_count_error"):
             if key in self.history:
                 e, v = zip(*self.history[key], strict=True)
                 axes[2].plot(e, v, label=key)
