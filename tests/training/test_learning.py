@@ -77,3 +77,16 @@ def test_exact_match_selects_the_best_checkpoint(run):
     best = trainer.checkpoint_callback.best_model_score
     assert best is not None
     assert float(best) == pytest.approx(max(metrics["val_exact_match"].values()))
+
+
+def test_threshold_moves_towards_the_merging_this_task_needs(run):
+    """Answers are shorter than questions (91% of chain edges must merge): the threshold
+    falls (measured: theta 0 -> about -0.25 by epoch 350), and the thresholded merge
+    fraction matches the one the targets imply."""
+    metrics = run[-1]
+    theta = metrics["theta"]
+    assert theta[max(theta)] < theta[min(theta)] - 0.1, theta
+    frac = metrics["val_merge_fraction"][max(metrics["val_merge_fraction"])]
+    out = metrics["val_out_nodes"][max(metrics["val_out_nodes"])]
+    tgt = metrics["val_target_nodes"][max(metrics["val_target_nodes"])]
+    assert abs(out - tgt) < 0.05 and 0.85 < frac < 0.95, (out, tgt, frac)
