@@ -92,8 +92,10 @@ class GraphTransformNet(nn.Module):
         post_layers: cross-attention + DAGConv layers on the pooled graph (default ``1``).
         attention_distances: reading-order distances the attention sees
             (default ``(1, 2, 4, 8, 16)``).
-        pool_similarity, pool_tau, pool_threshold: :class:`ThresholdMergePool` options
-            (initial threshold ``sigmoid(theta)``).
+        pool_similarity, pool_tau, pool_threshold, pool_proj_channels:
+            :class:`ThresholdMergePool` options (initial threshold ``sigmoid(theta)``;
+            defaults ``"half_cosine"``, ``1.0``, ``0.5``, ``32``: scores on a learned
+            32-dim projection, so what decides a cut need not be what the head reads).
         dropout: dropout in the attention layers (default ``0``).
 
     Shapes:
@@ -102,7 +104,8 @@ class GraphTransformNet(nn.Module):
         - **output:** a ``Batch`` with ``x`` ``[N', 8, 256]`` byte distributions,
           ``logits`` (same shape), ``edge_index``, ``edge_weight`` ``[E']``,
           ``node_weight`` ``[N']``, ``batch`` ``[N']``, and the pooling decisions
-          ``cluster`` ``[N]``, ``merge_prob`` / ``merged`` (per reading-order input edge).
+          ``cluster`` ``[N]``, ``merge_prob`` / ``merged`` / ``log_prob`` (per reading-order
+          input edge).
     """
 
     def __init__(
@@ -114,9 +117,9 @@ class GraphTransformNet(nn.Module):
         post_layers: int = 1,
         attention_distances: Sequence[int] = (1, 2, 4, 8, 16),
         pool_similarity: str = "half_cosine",
-        pool_tau: float = 4.0,
+        pool_tau: float = 1.0,
         pool_threshold: float = 0.5,
-        pool_proj_channels: int | None = None,
+        pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
