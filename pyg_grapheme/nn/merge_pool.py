@@ -133,10 +133,11 @@ def merge_logit(score: Tensor, theta: Tensor, tau: float = 1.0, eps: float = 1e-
 
 def forced_merges(z: Tensor, edge_batch: Tensor, num_clusters: Tensor) -> Tensor:
     r"""Merge decisions that give graph :math:`g` exactly :obj:`num_clusters[g]` clusters
-    when its candidate edges form a forest with one tree (a chain, the text graph): the
+    when its candidate edges form one tree (a chain, the text graph): the
     :math:`E_g - k_g + 1` edges with the highest merge logit merge, the other
-    :math:`k_g - 1` are cut. :math:`k_g` is clipped into :math:`[1, E_g + 1]`. On other
-    graphs the count is at least :math:`k_g`. O(E log E).
+    :math:`k_g - 1` are cut. :math:`k_g` is clipped into :math:`[1, E_g + 1]`. A forest of
+    :math:`c` trees gets :math:`k_g + c - 1` clusters; with cycles, merged edges can be
+    redundant and the count can fall below :math:`k_g`. O(E log E).
 
     The training analogue of teacher forcing: the model still chooses *where* the
     boundaries go (its own ranking of :math:`z`), the target only says how many, and

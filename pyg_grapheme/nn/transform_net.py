@@ -38,15 +38,19 @@ def reading_order_edges(batch: Tensor, distances: Sequence[int]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-def bipartite_complete(src_batch: Tensor, dst_batch: Tensor) -> Tensor:
+def bipartite_complete(
+    src_batch: Tensor, dst_batch: Tensor, num_graphs: int | None = None
+) -> Tensor:
     """Edges from every source node to every target node of the same graph, ``[2, E]``
     with ``E = sum_g n_g m_g`` (source ids index ``src_batch``, target ids ``dst_batch``).
 
-    Both batch vectors must be sorted (PyG's layout). Built without a Python loop.
+    Both batch vectors must be sorted (PyG's layout). Built without a Python loop; pass
+    ``num_graphs`` to skip reading it off the device.
     """
     device = src_batch.device
-    num_graphs = int(max(src_batch.max().item() if src_batch.numel() else -1,
-                         dst_batch.max().item() if dst_batch.numel() else -1)) + 1
+    if num_graphs is None:
+        num_graphs = int(max(src_batch.max().item() if src_batch.numel() else -1,
+                             dst_batch.max().item() if dst_batch.numel() else -1)) + 1
     n_src = torch.bincount(src_batch, minlength=num_graphs)
     start = n_src.cumsum(0) - n_src
     rep = n_src[dst_batch]  # each target node meets every source node of its graph
@@ -209,7 +213,7 @@ class GraphTransformNet(nn.Module):
         # many) and the question's summary: what the head needs to say *which* grapheme.
         summary = self.pooled_context(h, vec, dim_size=num_graphs)[out.batch]
         hp = self.pooled_norm(hp + summary + self.pooled_pos(out.batch, out.x.size(0)))
-        cross = bipartite_complete(vec, out.batch)
+        cross = bipartite_complete(vec, out.batch, num_graphs)
         for att_conv, norm, conv in zip(self.cross, self.cross_norm, self.post, strict=True):
             hp = norm(hp + F.gelu(att_conv((h, hp), cross)))
             hp = conv(hp, out.edge_index, out.edge_weight)

@@ -138,6 +138,19 @@ def test_forced_merges_give_the_wanted_count_with_the_highest_logits(seed):
     assert torch.equal(forced_merges(z[:0], edge_graph[:0], want), out.merged[:0])
 
 
+def test_forced_merges_on_a_forest_and_on_a_cycle():
+    # One graph made of two chains 0-1-2 and 3-4-5: k + (trees - 1) clusters.
+    forest = torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5]])
+    pool = ThresholdMergePool(3)
+    x = torch.randn(6, 3)
+    out = pool(x, forest, num_clusters=torch.tensor([3]))
+    assert out.x.size(0) == 4
+    # A triangle asked for 2 clusters merges 2 of its 3 edges: the two close the cycle.
+    tri = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    out = pool(x[:3], tri, num_clusters=torch.tensor([2]))
+    assert out.x.size(0) == 1
+
+
 @pytest.mark.parametrize("undirected", [False, True])
 @pytest.mark.parametrize("seed", range(3))
 def test_clusters_are_components_of_merged_edges(undirected, seed):
