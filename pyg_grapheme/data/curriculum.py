@@ -1,5 +1,8 @@
 """Seeded generator of the math curriculum (prefix arithmetic, the prototype's format).
 
+The command line also writes the natural-language question tasks of
+:mod:`pyg_grapheme.data.tasks` (``--task place_value`` etc.).
+
 * Level 1: ``(op a b)`` with ``a, b`` in 1..20 and ``op`` in ``+ - *``: all
   3 * 20 * 20 = 1200 distinct problems, split 960 / 120 / 120 by default.
 * Level 2: nested, three operands in 1..10, both shapes ``(op1 (op2 a b) c)`` and
@@ -16,6 +19,7 @@ ids (``L1-00001``, ...) are numbered across the three splits, so they are unique
 Command line (same seed, same files, byte for byte; each file written atomically)::
 
     python -m pyg_grapheme.data.curriculum --level 1 --seed 0 --out DIR
+    python -m pyg_grapheme.data.curriculum --task place_value --seed 0 --out DIR
 """
 
 from __future__ import annotations
@@ -158,20 +162,35 @@ def write_curriculum(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Imported here: the tasks module imports this one (the writer and the split names).
+    from pyg_grapheme.data.tasks import DEFAULT_TASK_SIZES, TASKS, write_task
+
     parser = argparse.ArgumentParser(
         prog="python -m pyg_grapheme.data.curriculum",
-        description="Write a seeded math curriculum as train/val/test JSON Lines files.",
+        description="Write a seeded math curriculum level or question task as "
+        "train/val/test JSON Lines files.",
     )
-    parser.add_argument("--level", type=int, choices=LEVELS, required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--level", type=int, choices=LEVELS, help="prefix-arithmetic level")
+    which.add_argument(
+        "--task", choices=(*TASKS, "math1", "math2"),
+        help="question task (QA records); math1/math2 are the same as --level 1/2",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=None,
-        help="split sizes (default: 960 120 120 for level 1, 4000 500 500 for level 2)",
+        help="split sizes (default: 960 120 120 for level 1, 4000 500 500 for level 2, "
+        f"{' '.join(map(str, DEFAULT_TASK_SIZES))} for a question task)",
     )
     args = parser.parse_args(argv)
+    if args.task in ("math1", "math2"):
+        args.level, args.task = int(args.task[-1]), None
     try:
-        paths = write_curriculum(args.out, args.level, args.seed, args.sizes)
+        if args.task is not None:
+            paths = write_task(args.out, args.task, args.seed, args.sizes)
+        else:
+            paths = write_curriculum(args.out, args.level, args.seed, args.sizes)
     except ValueError as err:
         parser.error(str(err))
     for split, path in paths.items():
