@@ -3,6 +3,7 @@
 from pyg_grapheme.data.datasets import (
     KindergartenDataset,
     MathCurriculumDataset,
+    TaskDataset,
     TextPairDataset,
     kindergarten_path,
     resolve_dataset,
@@ -17,12 +18,14 @@ from pyg_grapheme.data.graphemes import (
     text_to_graph,
 )
 from pyg_grapheme.data.pair import FOLLOW_BATCH, PairData, split_pair_batch
+from pyg_grapheme.data.tasks import TASKS, generate_task, write_task
 from pyg_grapheme.data.transforms import TextToGraph
 
 __all__ = [
     "DataFormatError",
     "KindergartenDataset",
     "MathCurriculumDataset",
+    "TaskDataset",
     "TextPairDataset",
     "kindergarten_path",
     "resolve_dataset",
@@ -38,4 +41,7 @@ __all__ = [
     "graphs_to_texts",
     "split_pair_batch",
     "text_to_graph",
+    "TASKS",
+    "generate_task",
+    "write_task",
 ]

@@ -28,11 +28,13 @@ from torch_geometric.data import InMemoryDataset
 from pyg_grapheme.data.curriculum import DEFAULT_SIZES, SPLITS, write_curriculum
 from pyg_grapheme.data.formats import parse_records
 from pyg_grapheme.data.pair import PairData
+from pyg_grapheme.data.tasks import DEFAULT_TASK_SIZES, TASKS, write_task
 
 __all__ = [
     "DATASET_NAMES",
     "KindergartenDataset",
     "MathCurriculumDataset",
+    "TaskDataset",
     "TextPairDataset",
     "kindergarten_path",
     "resolve_dataset",
@@ -196,8 +198,54 @@ class MathCurriculumDataset(TextPairDataset):
                          **kwargs)
 
 
+class TaskDataset(TextPairDataset):
+    """One split of a seeded question task (:mod:`pyg_grapheme.data.tasks`:
+    ``place_value``, ``compare``, ``rounding``, ``add_sub``, ``sort``).
+
+    The three split files are generated into ``root/raw/<task>-seed<seed>/`` the first
+    time (atomically; ``-sizes<train>_<val>_<test>`` is appended for non-default sizes),
+    then loaded like any other QA file; edit them and the cache is rebuilt.
+
+    Args:
+        root: dataset folder (``raw/`` and ``processed/`` inside).
+        task: a name of :data:`~pyg_grapheme.data.tasks.TASKS`. split: ``"train"``,
+            ``"val"`` or ``"test"``. seed: generator seed.
+        sizes: ``(train, val, test)`` sizes, default
+            :data:`~pyg_grapheme.data.tasks.DEFAULT_TASK_SIZES` (20000, 1000, 1000).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        task: str,
+        split: str = "train",
+        seed: int = 0,
+        transform: Callable | None = None,
+        pre_transform: Callable | None = None,
+        pre_filter: Callable | None = None,
+        *,
+        sizes: Sequence[int] | None = None,
+        **kwargs,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        sizes = tuple(DEFAULT_TASK_SIZES if sizes is None else sizes)
+        folder = f"{task}-seed{seed}"
+        if sizes != DEFAULT_TASK_SIZES:
+            folder += "-sizes" + "_".join(map(str, sizes))
+        raw = Path(root) / "raw" / folder
+        if not all((raw / f"{s}.jsonl").exists() for s in SPLITS):
+            write_task(raw, task, seed, sizes)
+        self.task, self.split, self.seed = task, split, seed
+        kwargs.setdefault("name", f"{folder}-{split}")
+        super().__init__(root, raw / f"{split}.jsonl", transform, pre_transform, pre_filter,
+                         **kwargs)
+
+
 #: Names :func:`resolve_dataset` knows (a path to a JSON Lines file works too).
-DATASET_NAMES = ("kindergarten", "math1", "math2")
+DATASET_NAMES = ("kindergarten", "math1", "math2", *TASKS)
 
 
 def resolve_dataset(
@@ -211,10 +259,12 @@ def resolve_dataset(
     """A dataset from a name or a file path.
 
     ``"kindergarten"`` is the shipped set (the same 65 pairs for every split: it is
-    learnt by heart); ``"math1"`` / ``"math2"`` are the curriculum levels (``split`` and
-    ``seed`` pick the file); anything else must be an existing JSON Lines file (``split``
-    is then ignored). Extra keyword arguments go to the dataset class (``transform``,
-    ``skip``, ``force_reload``, ...).
+    learnt by heart); ``"math1"`` / ``"math2"`` are the curriculum levels and
+    ``"place_value"``, ``"compare"``, ``"rounding"``, ``"add_sub"``, ``"sort"`` the
+    question tasks (:class:`TaskDataset`; for both, ``split`` and ``seed`` pick the
+    file, generated once under ``root/raw/``); anything else must be an existing JSON
+    Lines file (``split`` is then ignored). Extra keyword arguments go to the dataset
+    class (``transform``, ``skip``, ``force_reload``, ``sizes``, ...).
 
     Raises:
         ValueError: an unknown name that is not an existing file, or an unknown split.
@@ -226,6 +276,8 @@ def resolve_dataset(
         return KindergartenDataset(root, **kwargs)
     if key in ("math1", "math2"):
         return MathCurriculumDataset(root, int(key[-1]), split, seed, **kwargs)
+    if key in TASKS:
+        return TaskDataset(root, key, split, seed, **kwargs)
     if Path(key).is_file():
         return TextPairDataset(root, key, **kwargs)
     raise ValueError(
