@@ -6,8 +6,9 @@ phrasings (templates), drawn at random per question, and every answer can be wor
 from the question alone:
 
 * ``place_value``: the digit at a place (units ... hundred millions) of a 3-9 digit
-  number, the place always inside the number. ``Give the hundreds digit of 48213.`` ->
-  ``2``.
+  number, the place always inside the number: the place is drawn first (each about
+  equally often), then a length that contains it, so long numbers are the commoner.
+  ``Give the hundreds digit of 48213.`` -> ``2``.
 * ``compare``: the bigger or smaller of two integers (1-6 digits, some negative), two
   decimals (1-3 decimals, mostly the same whole part) or two reduced fractions
   (denominators 2-20), one kind within a question. ``Which is bigger: 0.37 or 0.4?`` -> ``0.4``. The
@@ -80,6 +81,8 @@ def format_decimal(value: Decimal) -> str:
 
 def _digits(rng: random.Random, n: int, *, lead: bool = True) -> str:
     """``n`` random digits; the first is non-zero when ``lead`` and ``n > 1``."""
+    if n <= 0:
+        return ""
     first = str(rng.randint(1, 9) if lead and n > 1 else rng.randint(0, 9))
     return first + "".join(str(rng.randint(0, 9)) for _ in range(n - 1))
 
@@ -105,9 +108,10 @@ _PLACE_VALUE_TEMPLATES = (
 
 
 def _place_value(rng: random.Random) -> Problem:
-    length = rng.randint(3, 9)
+    # The place first (each of the nine equally often), then a length that contains it.
+    place = rng.randrange(len(_PLACES))  # 0 = units
+    length = rng.randint(max(3, place + 1), 9)
     n = _digits(rng, length)
-    place = rng.randrange(length)  # 0 = units, always inside the number
     question = rng.choice(_PLACE_VALUE_TEMPLATES).format(n=n, place=_PLACES[place])
     return (n, place), question, n[length - 1 - place]
 
