@@ -11,9 +11,9 @@ from the question alone:
   ``Give the hundreds digit of 48213.`` -> ``2``.
 * ``compare``: the bigger or smaller of two integers (1-6 digits, some negative), two
   decimals (1-3 decimals, mostly the same whole part) or two reduced fractions
-  (denominators 2-20), one kind within a question. ``Which is bigger: 0.37 or 0.4?`` -> ``0.4``. The
-  answer is the number as written in the question; it is first or second with
-  probability 1/2, and "bigger" and "smaller" are asked equally often.
+  (denominators 2-20), one kind within a question. ``Which is bigger: 0.37 or 0.4?``
+  -> ``0.4``. The answer is the number as written in the question; it is first or
+  second with probability 1/2, and "bigger" and "smaller" are asked equally often.
 * ``rounding``: an integer to the nearest ten ... million (a place inside the number),
   or a decimal to 0-3 decimal places. Rule: round half up (ties away from zero; every
   number is non-negative) on the exact decimal string with :mod:`decimal`, and keep
@@ -21,9 +21,9 @@ from the question alone:
   ``3.00``, ``Round 48250 to the nearest hundred.`` -> ``48300``. About 10 % of the
   questions are exact ties.
 * ``add_sub``: ``a + b`` or ``a - b`` of non-negative integers and decimals of up to 6
-  digits (up to 3 after the point). Exact :class:`~decimal.Decimal` answers, normalised:
-  no exponent, no trailing zeros after the point, no point for whole results, ``0`` not
-  ``-0`` (``8.75``, ``9``, ``-12.3``).
+  digits (up to 3 after the point); about 3 questions in 4 carry or borrow. Exact
+  :class:`~decimal.Decimal` answers, normalised: no exponent, no trailing zeros after
+  the point, no point for whole results, ``0`` not ``-0`` (``8.75``, ``9``, ``-12.3``).
 * ``sort``: 3-5 distinct integers or decimals (negatives included) in ascending or
   descending order; the answer lists them as written, joined by ``", "``.
 

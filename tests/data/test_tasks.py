@@ -342,6 +342,14 @@ def test_bad_task_name_and_sizes_raise_clear_errors():
         generate_task("sort", sizes=(1, -2, 3))
 
 
+def test_too_few_distinct_problems_is_an_error_not_a_hang(monkeypatch):
+    import pyg_grapheme.data.tasks as tasks
+
+    monkeypatch.setitem(tasks._GENERATORS, "sort", lambda rng: (rng.randrange(5), "q", "a"))
+    with pytest.raises(ValueError, match="only 1 distinct problems"):
+        generate_task("sort", sizes=(3, 0, 0))
+
+
 def test_command_line(tmp_path, capsys):
     main(["--task", "add_sub", "--seed", "3", "--out", str(tmp_path / "cli"),
           "--sizes", "20", "5", "5"])
