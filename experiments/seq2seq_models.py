@@ -184,10 +184,12 @@ def gru_hidden_for(params: int, embed: int = 64) -> int:
 class TransformerSeq2Seq(nn.Module):
     """Pre-LN Transformer encoder-decoder over bytes with learned positional embeddings.
 
-    A byte embedding shared by encoder and decoder (scaled by ``sqrt(dim)``), separate
-    learned position tables for source and decoder input, ``enc_layers`` +
-    ``dec_layers`` pre-LN layers (``norm_first=True``, with the final LayerNorms of
-    :class:`torch.nn.Transformer`), an untied output projection.
+    A byte embedding shared by encoder and decoder, separate learned position tables for
+    source and decoder input (all three initialised N(0, 0.02), GPT-2 style, and added
+    unscaled: on kindergarten this memorised the 65 pairs in 103 epochs, where N(0, 1)
+    tables with the embedding scaled by ``sqrt(dim)`` reached 0.83 in 141; seed 0, one
+    run each), ``enc_layers`` + ``dec_layers`` pre-LN layers (``norm_first=True``, with
+    the final LayerNorms of :class:`torch.nn.Transformer`), an untied output projection.
 
     Positions at or beyond ``max_pos`` (a question longer than the table, or a decoding
     longer than it) reuse the table's last row, with a warning, rather than fail.
@@ -228,6 +230,10 @@ class TransformerSeq2Seq(nn.Module):
         self.out = nn.Linear(dim, VOCAB)
         self.drop = nn.Dropout(dropout)
         self._warned = False
+        with torch.no_grad():
+            for table in (self.embed, self.src_pos, self.tgt_pos):
+                table.weight.normal_(0.0, 0.02)
+            self.embed.weight[PAD].zero_()
 
     def _positions(self, length: int, device: torch.device) -> Tensor:
         pos = torch.arange(length, device=device)
@@ -243,8 +249,7 @@ class TransformerSeq2Seq(nn.Module):
         return pos
 
     def _embed(self, ids: Tensor, table: nn.Embedding) -> Tensor:
-        x = self.embed(ids) * math.sqrt(self.dim) + table(self._positions(ids.size(1), ids.device))
-        return self.drop(x)
+        return self.drop(self.embed(ids) + table(self._positions(ids.size(1), ids.device)))
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         pad_mask = src == PAD
