@@ -199,13 +199,15 @@ def load_task(task: str, data_dir: Path, seed: int = 0,
         if not all(p.exists() for p in files.values()):
             generate_task_files(task, seed, sizes, out)
     pairs = {s: read_pairs(p) for s, p in files.items()}
-    return TaskData(task, files, pairs, memorise=task == "kindergarten")
+    # Kindergarten validates on its training set (cut to the same size, or it is not).
+    memorise = task == "kindergarten" and pairs["val"] == pairs["train"]
+    return TaskData(task, files, pairs, memorise=memorise)
 
 
 def load_files(name: str, train: Path, val: Path | None, test: Path | None, data_dir: Path,
                sizes: Sequence[int] | None = None) -> TaskData:
     """A task from explicit JSONL files; no ``val`` means validate on the training set
-    (memorisation), no ``test`` means test on ``val``."""
+    (memorisation: stop at 100%), no ``test`` means test on ``val``."""
     val = val or train
     test = test or val
     files = {"train": Path(train), "val": Path(val), "test": Path(test)}
@@ -215,7 +217,7 @@ def load_files(name: str, train: Path, val: Path | None, test: Path | None, data
         files = {s: out / f"{s}.jsonl" for s in SPLITS}
         for s in SPLITS:
             _write_qa(files[s], pairs[s])
-    return TaskData(name, files, pairs, memorise=Path(val).resolve() == Path(train).resolve())
+    return TaskData(name, files, pairs, memorise=pairs["val"] == pairs["train"])
 
 
 # --------------------------------------------------------------------------- results

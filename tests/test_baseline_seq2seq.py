@@ -205,8 +205,13 @@ def test_explicit_files_and_sizes(bl, tmp_path):
     train.write_text('{"input": "a", "target": "b"}\n{"input": "c", "target": "d"}\n'
                      '{"input": "e", "target": "f"}\n')
     data = bl.load_files("mine", train, None, None, tmp_path, sizes=(2, 1, 1))
-    assert data.memorise and [len(data.pairs[s]) for s in bl.SPLITS] == [2, 1, 1]
+    assert [len(data.pairs[s]) for s in bl.SPLITS] == [2, 1, 1]
     assert bl.read_pairs(data.files["train"]) == [("a", "b"), ("c", "d")]
+    assert not data.memorise  # validation is no longer the training set
+    assert bl.load_files("mine", train, None, None, tmp_path).memorise
+    assert bl.load_files("mine", train, None, None, tmp_path, sizes=(2, 2, 2)).memorise
+    assert not bl.load_task("kindergarten", tmp_path, sizes=(10, 5, 5)).memorise
+    assert bl.load_task("kindergarten", tmp_path, sizes=(5, 5, 5)).memorise
 
 
 def test_unknown_generated_task_fails_clearly(bl, tmp_path):
