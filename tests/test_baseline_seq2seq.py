@@ -214,6 +214,27 @@ def test_explicit_files_and_sizes(bl, tmp_path):
     assert bl.load_task("kindergarten", tmp_path, sizes=(5, 5, 5)).memorise
 
 
+def test_generated_task_goes_through_the_package(bl, tmp_path, monkeypatch):
+    from pyg_grapheme.data import curriculum
+
+    calls = []
+
+    def generate_task(name, seed, sizes):
+        calls.append((name, seed, sizes))
+        if name != "sort":
+            raise ValueError(f"unknown task {name!r}")
+        rows = [{"input": f"sort {i}{i + 1}", "target": f"{i}{i + 1}"} for i in range(6)]
+        return {"train": rows[:3], "val": rows[3:5], "test": [("sort 9", "9")]}
+
+    monkeypatch.setattr(curriculum, "generate_task", generate_task, raising=False)
+    data = bl.load_task("sort", tmp_path, seed=2, sizes=(3, 2, 1))
+    assert calls == [("sort", 2, (3, 2, 1))] and not data.memorise
+    assert data.pairs["test"] == [("sort 9", "9")] and len(data.pairs["train"]) == 3
+    assert bl.read_pairs(data.files["val"]) == data.pairs["val"]  # the graph side's files
+    with pytest.raises(SystemExit, match="cannot generate task 'rounding'"):
+        bl.load_task("rounding", tmp_path)
+
+
 def test_unknown_generated_task_fails_clearly(bl, tmp_path):
     with pytest.raises(SystemExit, match="no_such_task"):
         bl.load_task("no_such_task", tmp_path)
