@@ -1,9 +1,12 @@
-"""The GRU baseline of experiments/baseline_seq2seq.py: bytes round-trip, the model
-memorises a few pairs, the CPU budget is respected, the CLI prints its table."""
+"""The baselines of experiments/baseline_seq2seq.py (GRU and Transformer seq2seq) and the
+harness they share with the graph model: bytes round-trip, parameter counts and auto
+sizing, greedy decoding, memorisation through the Lightning harness, the CPU budget,
+task resolution and the tables."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 import torch
 
 _PATH = Path(__file__).resolve().parents[1] / "experiments" / "baseline_seq2seq.py"
+GRAPH_PARAMS = 642_180  # GraphemeModule(hidden=128).model at the time of writing
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,12 @@ def bl():
     return module
 
 
-PAIRS = [("hi", "yo"), ("cat?", "🐱"), ("2+2", "4"), ("café", "naïve"), ("sky", "blue")]
+PAIRS = [("hi", "yo"), ("cat?", "🐱"), ("2+2", "4"), ("sky", "blue")]
 
 
-def _task(bl, pairs):
-    return bl.TaskData("tiny", {}, dict.fromkeys(("train", "val", "test"), pairs), memorise=True)
+def _task(bl, pairs, memorise=True):
+    return bl.TaskData("tiny", {}, dict.fromkeys(("train", "val", "test"), pairs),
+                       memorise=memorise)
 
 
 def test_bytes_round_trip(bl):
@@ -47,7 +52,7 @@ def test_batch_trims_padding(bl):
     assert tgt_out.shape == (2, 3) and tgt_out[1].tolist() == [ord("4"), bl.EOS, bl.PAD]
 
 
-def test_parameter_count_and_matching(bl):
+def test_gru_parameter_count_and_matching(bl):
     assert bl.count_parameters(bl.Seq2Seq(128, 64)) == 372_163  # the anchors' size
     for hidden, embed in ((8, 4), (96, 64), (200, 32)):
         count = bl.count_parameters(bl.Seq2Seq(hidden, embed))
@@ -55,36 +60,184 @@ def test_parameter_count_and_matching(bl):
         assert bl.gru_hidden_for(count, embed) == hidden
 
 
-def test_memorises_five_pairs(bl):
+def test_transformer_parameter_count_and_auto_size(bl):
+    for dim, ff, layers, max_pos in ((8, None, 1, 10), (32, 48, 2, 40), (100, None, 2, 64)):
+        model = bl.TransformerSeq2Seq(dim, ff, 4, layers, layers, max_pos)
+        assert bl.count_parameters(model) == bl.transformer_parameters(
+            dim, ff, layers, layers, max_pos)
+    for target, max_pos in ((GRAPH_PARAMS, 64), (GRAPH_PARAMS, 128), (300_000, 40)):
+        dim = bl.transformer_dim_for(target, 4, 2, 2, max_pos)
+        model = bl.TransformerSeq2Seq(dim, None, 4, 2, 2, max_pos)
+        assert dim % 4 == 0
+        assert abs(bl.count_parameters(model) / target - 1) <= 0.05
+
+
+def test_auto_size_through_train_transformer(bl):
+    # dim=0: the table is sized from the data, then the width matches the count.
+    data = _task(bl, PAIRS)
+    result, model = bl.train_transformer(data, budget_s=0.01, max_epochs=1, dim=0,
+                                         graph_params=GRAPH_PARAMS, log=None)
+    assert model.max_pos == bl.transformer_max_pos(data, bl.max_answer_len(PAIRS))
+    assert abs(result.params / GRAPH_PARAMS - 1) <= 0.05
+
+
+def test_greedy_stops_at_eos_and_respects_max_len(bl):
+    torch.manual_seed(0)
+    model = bl.TransformerSeq2Seq(16, heads=4, max_pos=32, dropout=0.0).eval()
+    src = torch.tensor([[1, 2, 3, bl.PAD], [4, 5, 6, 7]])
+    src_len = torch.tensor([3, 4])
+    # Untrained: nothing forces EOS, so every row runs to the limit.
+    with torch.no_grad():
+        model.out.bias.fill_(0.0)
+        model.out.bias[65] = 100.0  # always "A"
+    out = model.greedy(src, src_len, max_len=5)
+    assert [len(r) for r in out] == [5, 5] and out[0] == [65] * 5
+    # EOS always wins: one step, then stop (batched: every row done).
+    with torch.no_grad():
+        model.out.bias[bl.EOS] = 1000.0
+    assert model.greedy(src, src_len, max_len=5) == [[bl.EOS], [bl.EOS]]
+    gru = bl.Seq2Seq(8, 4).eval()
+    with torch.no_grad():
+        gru.out.bias.fill_(0.0)
+        gru.out.bias[bl.EOS] = 1000.0
+    assert gru.greedy(src, src_len, max_len=5) == [[bl.EOS], [bl.EOS]]
+    with torch.no_grad():
+        gru.out.bias[bl.EOS] = -1000.0
+    assert all(len(r) == 3 for r in gru.greedy(src, src_len, max_len=3))
+
+
+def test_too_long_question_does_not_crash(bl):
+    model = bl.TransformerSeq2Seq(16, heads=4, max_pos=8, dropout=0.0).eval()
+    module = bl.Seq2SeqModule(model, max_len=12)  # longer than the table too
+    with pytest.warns(UserWarning, match="position table"):
+        answers = module.answer(["a question far longer than eight bytes", ""])
+    assert len(answers) == 2
+    logits = model(torch.randint(0, 256, (2, 20)), torch.tensor([20, 20]),
+                   torch.full((2, 3), bl.BOS))
+    assert logits.shape == (2, 3, bl.VOCAB) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["gru", "transformer"])
+def test_memorises_four_pairs_through_the_harness(bl, name):
     torch.set_num_threads(1)
-    result, model = bl.train_gru(
-        _task(bl, PAIRS), budget_s=20, max_epochs=300, hidden=64, embed=32,
-        batch_size=5, lr=1e-2, log=None,
-    )
+    data = _task(bl, PAIRS)
+    if name == "gru":
+        result, model = bl.train_gru(data, budget_s=20, max_epochs=400, hidden=32, embed=16,
+                                     dropout=0.0, batch_size=4, lr=1e-2, log=None)
+    else:
+        result, model = bl.train_transformer(data, budget_s=20, max_epochs=400, dim=32,
+                                             dropout=0.0, batch_size=4, lr=3e-3, log=None)
     assert result.exact == {"train": 1.0, "val": 1.0, "test": 1.0}
     assert result.cer["test"] == 0.0
     assert result.to_perfect is not None and result.to_perfect == result.epochs
+    assert result.best_epoch == result.to_perfect  # the checkpoint is the perfect epoch
     assert result.params == bl.count_parameters(model)
+    assert result.cpu_s < 20
 
 
-def test_budget_stops_training(bl):
+def test_budget_callback_stops_a_trainer(bl):
+    torch.set_num_threads(1)
     pairs = [(f"q{i} " * 5, f"a{i}") for i in range(40)]
-    task = bl.TaskData("budget", {}, {"train": pairs, "val": pairs[:8], "test": pairs[:8]},
-                       memorise=False)
+    module = bl.Seq2SeqModule(bl.Seq2Seq(16, 8), max_len=6)
+    dm = bl.ByteDataModule(pairs, pairs[:8], batch_size=4)
     start = time.process_time()
-    result, _ = bl.train_gru(task, budget_s=1.0, hidden=32, embed=16, log=None)
-    assert 1.0 <= result.cpu_s < 4.0
-    assert time.process_time() - start < 8.0
-    assert result.to_perfect is None and result.epochs >= 1
+    stats = bl.fit(module, dm, budget_s=0.5, log=None)
+    assert 0.5 <= stats.cpu_s < 3.0
+    assert time.process_time() - start < 6.0
+    assert stats.epochs >= 1 and stats.to_perfect is None
 
 
-def test_cli_prints_table(bl, tmp_path, capsys):
-    results = bl.main(["--task", "kindergarten", "--models", "gru", "--budget-s", "1",
-                       "--gru-hidden", "32", "--data-dir", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "torch threads: 1" in out
-    assert "| kindergarten | gru |" in out
-    assert len(results) == 1 and results[0].epochs >= 1
+def test_best_checkpoint_keeps_the_best_epoch(bl):
+    cb = bl.BestCheckpoint()
+    module = torch.nn.Linear(1, 1)
+
+    class T:  # the two trainer attributes the callback reads
+        sanity_checking = False
+        callback_metrics: dict = {}
+        current_epoch = 0
+
+    for epoch, (value, weight) in enumerate([(0.2, 1.0), (0.5, 2.0), (0.5, 3.0), (0.1, 4.0)]):
+        T.current_epoch, T.callback_metrics = epoch, {"val_exact_match": torch.tensor(value)}
+        module.weight.data.fill_(weight)
+        cb.on_validation_end(T, module)
+    cb.restore(module)
+    assert cb.best_epoch == 2 and float(module.weight.detach()) == 2.0  # earliest of equal bests
+
+
+def _r(bl, model, seed, test, to100=None, note=""):
+    return bl.Result("math1", model, 1000, 10.0 + 2 * seed, 5 + 2 * seed, to100,
+                     exact={"train": 1.0, "val": 0.5, "test": test},
+                     cer={"train": 0.0, "val": 0.1, "test": 0.2}, seed=seed, note=note)
+
+
+def test_format_table(bl):
+    table = bl.format_table([_r(bl, "gru", 0, 0.5, 3), _r(bl, "gru", 1, 0.7),
+                             _r(bl, "graph", 0, 0.25, note="failed: boom | x")])
+    lines = table.splitlines()
+    assert lines[0] == bl.HEAD and len(lines) == 4
+    assert lines[2].startswith("| math1 | gru | 0,1 | 1,000 | 11 ± 1 | 6 ± 1 | 3 (1/2) | ")
+    assert f"0.600 ± {math.sqrt(0.02):.3f}" in lines[2]
+    assert "failed: boom / x" in lines[3]
+    one = bl.format_table([_r(bl, "transformer", 0, 0.5)]).splitlines()[2]
+    assert one == ("| math1 | transformer | 0 | 1,000 | 10 | 5 | - | 1.000 | 0.500 | 0.500 "
+                   "| 0.200 |")
+    ex = _r(bl, "gru", 0, 0.5)
+    ex.examples = {"test": [("2+2", "4", "4"), ("1+1", "3", "2")]}
+    assert "WRONG" in bl.format_examples([ex]) and "ok" in bl.format_examples([ex])
+
+
+def test_cli_prints_table_and_json(bl, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    results = bl.main(["--task", "kindergarten", "--models", "gru,transformer",
+                       "--budget-s", "0.5", "--gru-hidden", "16", "--tf-dim", "16",
+                       "--sizes", "6", "6", "6", "--data-dir", str(tmp_path),
+                       "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "torch threads: 1" in text
+    assert "| kindergarten | gru | 0 |" in text and "| kindergarten | transformer | 0 |" in text
+    assert [r.model for r in results] == ["gru", "transformer"]
+    assert all(r.epochs >= 1 and len(r.examples["test"]) == 4 for r in results)
+    assert out.exists() and '"results"' in out.read_text()
+
+
+def test_explicit_files_and_sizes(bl, tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"input": "a", "target": "b"}\n{"input": "c", "target": "d"}\n'
+                     '{"input": "e", "target": "f"}\n')
+    data = bl.load_files("mine", train, None, None, tmp_path, sizes=(2, 1, 1))
+    assert [len(data.pairs[s]) for s in bl.SPLITS] == [2, 1, 1]
+    assert bl.read_pairs(data.files["train"]) == [("a", "b"), ("c", "d")]
+    assert not data.memorise  # validation is no longer the training set
+    assert bl.load_files("mine", train, None, None, tmp_path).memorise
+    assert bl.load_files("mine", train, None, None, tmp_path, sizes=(2, 2, 2)).memorise
+    assert not bl.load_task("kindergarten", tmp_path, sizes=(10, 5, 5)).memorise
+    assert bl.load_task("kindergarten", tmp_path, sizes=(5, 5, 5)).memorise
+
+
+def test_generated_task_goes_through_the_package(bl, tmp_path, monkeypatch):
+    from pyg_grapheme.data import curriculum
+
+    calls = []
+
+    def generate_task(name, seed, sizes):
+        calls.append((name, seed, sizes))
+        if name != "sort":
+            raise ValueError(f"unknown task {name!r}")
+        rows = [{"input": f"sort {i}{i + 1}", "target": f"{i}{i + 1}"} for i in range(6)]
+        return {"train": rows[:3], "val": rows[3:5], "test": [("sort 9", "9")]}
+
+    monkeypatch.setattr(curriculum, "generate_task", generate_task, raising=False)
+    data = bl.load_task("sort", tmp_path, seed=2, sizes=(3, 2, 1))
+    assert calls == [("sort", 2, (3, 2, 1))] and not data.memorise
+    assert data.pairs["test"] == [("sort 9", "9")] and len(data.pairs["train"]) == 3
+    assert bl.read_pairs(data.files["val"]) == data.pairs["val"]  # the graph side's files
+    with pytest.raises(SystemExit, match="cannot generate task 'rounding'"):
+        bl.load_task("rounding", tmp_path)
+
+
+def test_unknown_generated_task_fails_clearly(bl, tmp_path):
+    with pytest.raises(SystemExit, match="no_such_task"):
+        bl.load_task("no_such_task", tmp_path)
 
 
 def test_math_task_splits_are_disjoint(bl, tmp_path):
@@ -94,6 +247,8 @@ def test_math_task_splits_are_disjoint(bl, tmp_path):
     questions = [{q for q, _ in data.pairs[s]} for s in ("train", "val", "test")]
     assert not (questions[0] & questions[1]) and not (questions[0] & questions[2])
     assert all(p.exists() for p in data.files.values())
+    cut = bl.load_task("math1", tmp_path, sizes=(10, 5, 5))
+    assert [len(cut.pairs[s]) for s in bl.SPLITS] == [10, 5, 5]
 
 
 @pytest.mark.slow
@@ -107,3 +262,4 @@ def test_graph_side_runs_under_budget(bl, tmp_path):
     assert result.params == bl.graph_parameters(32)
     assert set(result.exact) == {"train", "val", "test"}
     assert all(0.0 <= v <= 1.0 for v in result.exact.values())
+
