@@ -342,12 +342,22 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
 # --------------------------------------------------------------------------- graph model
 
 
-def build_graph(hidden: int = 128, lr: float = 1e-3):
+def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32):
     """The graph model as the comparison trains it: the package's defaults, except the
-    two arguments set here (keep this the one place to update)."""
+    arguments set here (keep this the one place to update)."""
     from pyg_grapheme.training import GraphemeModule
 
-    return GraphemeModule(hidden=hidden, lr=lr)
+    return GraphemeModule(hidden=hidden, lr=lr, max_answer_length=max_answer_length)
+
+
+def answer_slots(data: TaskData) -> int:
+    """The graph model's canvas for a task: the longest train/val answer in graphemes,
+    rounded up to a multiple of 8 (what a user sizes ``max_answer_length`` from)."""
+    from pyg_grapheme.data import read_pairs, text_to_graph
+
+    longest = max(text_to_graph(t).num_nodes for split in ("train", "val")
+                  for _, t in read_pairs(data.files[split]))
+    return max(8, -(-longest // 8) * 8)
 
 
 def graph_parameters(hidden: int = 128) -> int:
@@ -371,7 +381,7 @@ def train_graph(
     from pyg_grapheme.training import GraphemeDataModule
 
     _seed(seed)
-    module = build_graph(hidden, lr)
+    module = build_graph(hidden, lr, answer_slots(data))
     module.hparams.num_examples = 0  # the harness prints its own examples
     dm = GraphemeDataModule(
         train_file=str(data.files["train"]),

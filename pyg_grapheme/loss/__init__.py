@@ -1,6 +1,7 @@
 """pyg_grapheme.loss: the structural graph-to-graph loss and its batched Sinkhorn solver."""
 
 from pyg_grapheme.loss.clique import clique_loss, clique_statistics
+from pyg_grapheme.loss.segmentation import segmentation_log_likelihood, segmentation_nll
 from pyg_grapheme.loss.sinkhorn import SinkhornOutput, sinkhorn
 from pyg_grapheme.loss.structural import StructuralLoss, node_cost_matrix, structural_loss
 
@@ -12,4 +13,6 @@ __all__ = [
     "clique_loss",
     "clique_statistics",
     "node_cost_matrix",
+    "segmentation_log_likelihood",
+    "segmentation_nll",
 ]

@@ -597,9 +597,7 @@ class ThresholdMergePool(torch.nn.Module):
             batch = edge_index.new_zeros(num_nodes)
         row, col = edge_index[0], edge_index[1]
 
-        h = x if self.proj is None else self.proj(x.flatten(1))
-        score = edge_similarity(h, edge_index, self.similarity)
-        z = merge_logit(score, self.theta, self.tau, self.eps)
+        score, z = self._score(x, edge_index)
         p = torch.sigmoid(z)
         if merged is None and num_clusters is not None:
             merged = forced_merges(z, batch.index_select(0, row), num_clusters)
@@ -651,6 +649,19 @@ class ThresholdMergePool(torch.nn.Module):
             merged,
             log_prob,
         )
+
+    def _score(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        h = x if self.proj is None else self.proj(x.flatten(1))
+        score = edge_similarity(h, edge_index, self.similarity)
+        return score, merge_logit(score, self.theta, self.tau, self.eps)
+
+    def merge_logits(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        r"""The logit :math:`z_e` of every edge's merge probability :math:`p_e =
+        \sigma(z_e)` (:obj:`[E]`), differentiable w.r.t. :obj:`x` and :math:`\theta`:
+        what a loss that marginalises over the merge decisions (e.g.
+        :func:`~pyg_grapheme.loss.segmentation_nll` on chains) needs, with no forward
+        pass of the quotient."""
+        return self._score(x, edge_index)[1]
 
     def _reduce(self, x: Tensor, cluster: Tensor, num_clusters: int, size: Tensor) -> Tensor:
         if self.reduce == "max":

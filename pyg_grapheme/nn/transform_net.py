@@ -6,16 +6,14 @@ import heapq
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import GATv2Conv
-from torch_geometric.nn.aggr import AttentionalAggregation
-from torch_geometric.utils import scatter
+from torch_geometric.nn import GPSConv
+from torch_geometric.utils import to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.nn.dag_conv import DAGConv
-from pyg_grapheme.nn.encoder import ChainPosition, GraphemeEncoder
+from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
 from pyg_grapheme.nn.merge_pool import ThresholdMergePool
 
@@ -66,111 +64,115 @@ class GraphTransformNet(nn.Module):
 
     .. code-block:: text
 
-        bytes ─▶ GraphemeEncoder ─▶ DAGConv × L₁ ─▶ [GATv2Conv + global context] × L₂
-              ─▶ ThresholdMergePool (along reading-order edges)
-              ─▶ [GATv2Conv input ─▶ pooled (cross attention) + DAGConv] × L₃ ─▶ ByteHead
+        bytes ─▶ GraphemeEncoder ─▶ GPSConv(DAGConv + self-attention) × L_enc   (question)
+              ─▶ canvas: a chain of ``max_answer_length`` slots per question
+              ─▶ [DAGConv along the canvas + self-attention + cross-attention] × L_dec
+              ─▶ ByteHead (a byte distribution per canvas node)
+              ─▶ ThresholdMergePool along the canvas chain ─▶ answer chain
 
-    - :class:`DAGConv` layers read the chain in both directions with separate weights.
-    - :class:`~torch_geometric.nn.conv.GATv2Conv` layers attend over reading-order
-      neighbours at distances ``attention_distances`` (both directions), and each layer adds
-      an attention-pooled summary of the whole graph (a virtual node), so every node sees
-      the whole question in one layer at ``O(N)`` cost. GATv2 rather than GAT: its dynamic
-      attention (Brody et al., 2022) can rank neighbours differently per query node, which
-      static GAT attention cannot.
-    - :class:`ThresholdMergePool` merges nodes along reading-order edges only, so every
-      cluster is a contiguous segment and the pooled graph is again a chain (a DAG): the
-      answer's graphemes in order. Its expected-count gradients (``node_weight``,
-      ``edge_weight``) tell the loss how many output nodes to make.
-    - On the pooled chain, each layer first lets every output node attend over all input
-      nodes of its graph (a bipartite :class:`~torch_geometric.nn.conv.GATv2Conv`,
-      ``O(sum_g n_g m_g)``): the pooled segment says where an output grapheme sits, the
-      attention fetches what it should say (the role attention plays in a seq2seq
-      decoder), then a :class:`DAGConv` passes it along the output chain.
-    - :class:`ByteHead` predicts each output node's bytes, vocabulary-free.
+    - **Encoder.** :class:`~torch_geometric.nn.conv.GPSConv` layers (Rampasek et al.,
+      2022): a local :class:`DAGConv` over the reading-order edges (direction-aware) in
+      parallel with multi-head self-attention over every node of the same question,
+      so one layer relates any two graphemes (a place in a number to the word that
+      names it) at ``O(sum_g n_g^2)``; positions come from the encoder's sinusoidal
+      codes, so a question longer than any seen in training still has them.
+    - **Canvas.** The answer is not bounded by the question's length: every question
+      gets a chain of :math:`T` = ``max_answer_length`` canvas nodes: a learned slot
+      embedding plus a uniform copy of the question (slot :math:`k` copies question node
+      :math:`\lfloor k n / T \rfloor`, the input of non-autoregressive decoders, Gu et
+      al. 2018). Decoder layers pass
+      messages along the canvas (:class:`DAGConv`), attend over the canvas and over the
+      question (pre-LN :class:`torch.nn.TransformerDecoderLayer` without a causal mask).
+      Its cost per question is fixed by :math:`T`, not by the question's length.
+    - **Pooling.** :class:`ThresholdMergePool` merges canvas neighbours whose learned
+      projections are more similar than its threshold: the contiguous segments are the
+      answer's graphemes, the pooled graph is a chain, and each pooled node speaks with
+      the byte distributions of its first canvas node. The merge logits
+      (``merge_logit``) and the canvas distributions (``canvas_log_probs``) are what
+      :func:`~pyg_grapheme.loss.segmentation_nll` needs to sum over every segmentation.
 
     Args:
         hidden: feature size (default ``128``).
-        dag_layers: DAGConv layers before attention (default ``2``).
-        gat_layers: GATv2Conv layers (default ``2``).
         heads: attention heads (``hidden`` must be divisible by it; default ``4``).
-        post_layers: cross-attention + DAGConv layers on the pooled graph (default ``1``).
-        attention_distances: reading-order distances the attention sees
-            (default ``(1, 2, 4, 8, 16)``).
-        pool_similarity, pool_tau, pool_threshold, pool_proj_channels:
-            :class:`ThresholdMergePool` options (initial threshold ``sigmoid(theta)``;
-            defaults ``"half_cosine"``, ``1.0``, ``0.5``, ``32``: scores on a learned
-            32-dim projection, so what decides a cut need not be what the head reads).
+        encoder_layers: GPSConv layers over the question (default ``2``).
+        decoder_layers: canvas layers (default ``2``).
+        max_answer_length: canvas nodes per question: the answer has at most this many
+            graphemes (default ``32``).
+        ff_mult: feed-forward width of the attention layers, times ``hidden`` (default ``2``).
+        pool_threshold, pool_tau, pool_proj_channels: :class:`ThresholdMergePool`
+            options (initial threshold, temperature, scoring projection; defaults
+            ``0.5``, ``1.0``, ``32``).
         dropout: dropout in the attention layers (default ``0``).
+        max_input_length: longest question (in graphemes) :meth:`forward` accepts;
+            memory grows as its square (default ``4096``).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
           ``[N, 8]``, ``edge_index`` ``[2, E]``, ``batch`` ``[N]``)
-        - **output:** a ``Batch`` with ``x`` ``[N', 8, 256]`` byte distributions,
-          ``logits`` (same shape), ``edge_index``, ``edge_weight`` ``[E']``,
-          ``node_weight`` ``[N']``, ``batch`` ``[N']``, and the pooling decisions
-          ``cluster`` ``[N]``, ``merge_prob`` / ``merged`` / ``log_prob`` (per reading-order
-          input edge).
+        - **output:** a ``Batch`` of answer chains with ``x`` ``[N', 8, 256]`` byte
+          distributions, ``logits`` (their logs), ``edge_index``, ``edge_weight``
+          ``[E']``, ``node_weight`` ``[N']``, ``batch`` ``[N']``, the pooling decisions
+          ``cluster`` ``[T]``, ``merge_prob`` / ``merged`` / ``log_prob`` / ``merge_logit``
+          (per canvas edge ``[T - B]``), and the canvas: ``canvas_log_probs``
+          ``[T, 8, 256]``, ``canvas_batch`` ``[T]``.
     """
 
     def __init__(
         self,
         hidden: int = 128,
-        dag_layers: int = 2,
-        gat_layers: int = 2,
         heads: int = 4,
-        post_layers: int = 1,
-        attention_distances: Sequence[int] = (1, 2, 4, 8, 16),
-        pool_similarity: str = "half_cosine",
-        pool_tau: float = 1.0,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        max_answer_length: int = 32,
+        ff_mult: int = 2,
         pool_threshold: float = 0.5,
+        pool_tau: float = 1.0,
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
+        max_input_length: int = 4096,
     ) -> None:
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if max_answer_length < 1:
+            raise ValueError(f"max_answer_length must be >= 1, got {max_answer_length}")
         self.hidden = hidden
-        self.attention_distances = tuple(attention_distances)
+        self.max_answer_length = max_answer_length
+        self.max_input_length = max_input_length
         self.encoder = GraphemeEncoder(hidden)
-        self.dag = nn.ModuleList(DAGConv(hidden) for _ in range(dag_layers))
-        self.gat = nn.ModuleList(
-            GATv2Conv(hidden, hidden // heads, heads=heads, dropout=dropout)
-            for _ in range(gat_layers)
+        self.enc = nn.ModuleList(
+            GPSConv(hidden, DAGConv(hidden), heads=heads, dropout=dropout, act="gelu",
+                    norm="layer_norm", norm_kwargs={"mode": "node"})
+            for _ in range(encoder_layers)
         )
-        self.context = nn.ModuleList(
-            AttentionalAggregation(nn.Linear(hidden, 1), nn.Linear(hidden, hidden))
-            for _ in range(gat_layers)
+        self.slots = nn.Embedding(max_answer_length, hidden)
+        self.canvas_norm = nn.LayerNorm(hidden)
+        self.local = nn.ModuleList(DAGConv(hidden) for _ in range(decoder_layers))
+        self.dec = nn.ModuleList(
+            nn.TransformerDecoderLayer(
+                hidden, heads, ff_mult * hidden, dropout=dropout, activation="gelu",
+                batch_first=True, norm_first=True,
+            )
+            for _ in range(decoder_layers)
         )
-        self.gat_norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(gat_layers))
+        self.dec_norm = nn.LayerNorm(hidden)
         self.pool = ThresholdMergePool(
-            hidden, reduce="mean", threshold=pool_threshold, similarity=pool_similarity,
+            hidden, reduce="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
-        self.pooled_context = AttentionalAggregation(
-            nn.Linear(hidden, 1), nn.Linear(hidden, hidden)
-        )
-        self.pooled_pos = ChainPosition(hidden)
-        self.pooled_norm = nn.LayerNorm(hidden)
-        self.cross = nn.ModuleList(
-            GATv2Conv((hidden, hidden), hidden // heads, heads=heads, dropout=dropout,
-                      add_self_loops=False)
-            for _ in range(post_layers)
-        )
-        self.cross_norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(post_layers))
-        self.post = nn.ModuleList(DAGConv(hidden) for _ in range(post_layers))
         self.head = ByteHead(hidden)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in (self.encoder, *self.dag, *self.gat, *self.cross, *self.cross_norm,
-                       *self.post, self.pool, self.head):
+        for module in (self.encoder, *self.enc, self.slots, self.canvas_norm,
+                       *self.local, self.dec_norm, self.pool, self.head):
             module.reset_parameters()
-        for ctx, norm in zip(self.context, self.gat_norm, strict=True):
-            ctx.reset_parameters()
-            norm.reset_parameters()
-        self.pooled_context.reset_parameters()
-        self.pooled_pos.reset_parameters()
-        self.pooled_norm.reset_parameters()
+        for layer in self.dec:
+            for sub in layer.modules():
+                if sub is not layer and hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+            layer.self_attn._reset_parameters()
+            layer.multihead_attn._reset_parameters()
 
     @property
     def theta(self) -> Tensor:
@@ -180,11 +182,11 @@ class GraphTransformNet(nn.Module):
     def forward(self, batch: Batch, num_out: Tensor | None = None) -> Batch:
         """Answer graphs for a batch of text graphs.
 
-        ``num_out`` (``[B]``, optional) forces each answer to that many nodes (the target
-        grapheme counts in training: teacher forcing for the segmentation, see
-        :func:`~pyg_grapheme.nn.merge_pool.forced_merges`); the model still picks where
-        the boundaries go, and ``log_prob`` of the output says how likely its threshold
-        finds them. Without it the threshold decides.
+        ``num_out`` (``[B]``, optional) forces each answer to that many nodes: the pool
+        cuts the canvas where its own merge logits are lowest
+        (:func:`~pyg_grapheme.nn.merge_pool.forced_merges`; the teacher forcing of the
+        segmentation, for losses that need the target's length). Without it the
+        threshold decides.
         """
         x = batch.x
         n = x.size(0)
@@ -192,32 +194,51 @@ class GraphTransformNet(nn.Module):
         if vec is None:
             vec = torch.zeros(n, dtype=torch.long, device=x.device)
         num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+        sizes = torch.bincount(vec, minlength=num_graphs)
+        longest = int(sizes.max()) if n else 0
+        if longest > self.max_input_length:
+            raise ValueError(
+                f"a question has {longest} graphemes, more than max_input_length="
+                f"{self.max_input_length} (memory grows as its square); split the text "
+                "or raise max_input_length"
+            )
         chain = batch.edge_index
         if getattr(batch, "edge_attr", None) is not None and batch.edge_attr.dim() == 1:
-            chain = chain[:, batch.edge_attr == 1]  # merge along reading order only
+            chain = chain[:, batch.edge_attr == 1]  # reading order only
 
         h = self.encoder(x, vec)
-        for conv in self.dag:
-            h = conv(h, chain)
-        att = reading_order_edges(vec, self.attention_distances)
-        for conv, ctx, norm in zip(self.gat, self.context, self.gat_norm, strict=True):
-            summary = ctx(h, vec, dim_size=num_graphs)[vec]
-            h = norm(h + F.gelu(conv(h, att)) + summary)
+        for conv in self.enc:
+            h = conv(h, chain, vec)
 
-        # Score merges on features centred per graph: what all nodes of a question share
-        # (its context) would otherwise make every pair look alike and merge everything.
-        mean = scatter(h, vec, dim=0, dim_size=num_graphs, reduce="mean")
-        out = self.pool(h - mean[vec], chain, vec, num_clusters=num_out)
-        hp = out.x + mean[out.batch]  # the mean is linear: this is the pooled h itself
-        # Re-encode position on the pooled chain (which output grapheme this is, of how
-        # many) and the question's summary: what the head needs to say *which* grapheme.
-        summary = self.pooled_context(h, vec, dim_size=num_graphs)[out.batch]
-        hp = self.pooled_norm(hp + summary + self.pooled_pos(out.batch, out.x.size(0)))
-        cross = bipartite_complete(vec, out.batch, num_graphs)
-        for att_conv, norm, conv in zip(self.cross, self.cross_norm, self.post, strict=True):
-            hp = norm(hp + F.gelu(att_conv((h, hp), cross)))
-            hp = conv(hp, out.edge_index, out.edge_weight)
-        logits = self.head(hp)
+        # The canvas: T slots per question, contiguous per graph, in chain order.
+        T = self.max_answer_length
+        cvec = torch.arange(num_graphs, device=x.device).repeat_interleave(T)
+        # Slot k starts as a copy of question node floor(k n / T) (the uniform copy of
+        # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
+        # differ from the first step, which a shared query or the question's mean does not.
+        ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+        k = torch.arange(T, device=x.device).repeat(num_graphs)
+        src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
+        empty = sizes[cvec] == 0
+        c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(max=max(n - 1, 0))])
+        c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
+        cchain = chain_edges(cvec)
+        mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
+        for local, layer in zip(self.local, self.dec, strict=True):
+            c = local(c, cchain)
+            cd, mask = to_dense_batch(c, cvec, batch_size=num_graphs)
+            cd = layer(cd, mem, tgt_key_padding_mask=~mask, memory_key_padding_mask=~mem_mask)
+            c = cd[mask]
+        c = self.dec_norm(c)
+        log_probs = self.head(c).log_softmax(dim=-1)
+        z = self.pool.merge_logits(c, cchain)
+
+        out = self.pool(c, cchain, cvec, num_clusters=num_out)
+        # A cluster is a contiguous run: its first node has the smallest index.
+        first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)
+        first = first.scatter_reduce(0, out.cluster, torch.arange(c.size(0), device=x.device),
+                                     reduce="amin")
+        logits = log_probs[first]
         counts = torch.bincount(out.batch, minlength=num_graphs)
         pred = Batch(
             x=logits.softmax(dim=-1),
@@ -231,15 +252,28 @@ class GraphTransformNet(nn.Module):
             merge_prob=out.merge_prob,
             merged=out.merged,
             log_prob=out.log_prob,
+            merge_logit=z,
+            canvas_log_probs=log_probs,
+            canvas_batch=cvec,
         )
         pred._num_graphs = num_graphs
         return pred
 
     @torch.no_grad()
     def generate(self, texts: str | Sequence[str]) -> str | list[str]:
-        """Answer each text: run the model and decode its output graph to a string."""
+        """Answer each text: run the model and decode its output graph to a string.
+
+        Raises:
+            ValueError: an empty question (it has no nodes to answer from), or one longer
+                than ``max_input_length``.
+        """
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
+        if not items:
+            return []
+        for i, t in enumerate(items):
+            if not t:
+                raise ValueError(f"question {i} is empty: there is nothing to answer from")
         was_training = self.training
         self.eval()
         try:
@@ -249,6 +283,14 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
+
+
+def chain_edges(batch: Tensor) -> Tensor:
+    """Edges ``i -> i + 1`` between consecutive nodes of the same graph, ``[2, E]``
+    (nodes of a graph contiguous and in chain order, PyG's layout)."""
+    src = torch.arange(max(batch.numel() - 1, 0), device=batch.device)
+    src = src[batch[1:] == batch[:-1]]
+    return torch.stack([src, src + 1])
 
 
 def topological_order(num_nodes: int, edge_index: Tensor) -> list[int]:

@@ -31,11 +31,11 @@ def graphs(texts):
 
 def test_equal_lengths_align_in_reading_order_and_others_use_the_plan():
     torch.manual_seed(0)
-    module = GraphemeModule(hidden=16, heads=2)
+    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8)
     inputs, targets = graphs(QUESTIONS), graphs(ANSWERS)
-    pred = module.model(inputs, num_out=torch.tensor([4, 1, 5]))
+    pred = module.model(inputs, num_out=torch.tensor([4, 1, 2]))
     counts = torch.bincount(pred.batch, minlength=3).tolist()
-    assert counts == [4, 1, 2]  # "hi" has 2 graphemes: it cannot make 5
+    assert counts == [4, 1, 2]  # the last pair's lengths differ: the plan aligns it
     _, parts = structural_loss(pred, one_hot_bytes(targets), return_components=True)
     got = aligned_cross_entropy(pred, targets, parts["plan_cross_entropy"])
 
@@ -51,14 +51,30 @@ def test_equal_lengths_align_in_reading_order_and_others_use_the_plan():
 
 def test_training_step_forces_the_target_count_and_validation_does_not():
     torch.manual_seed(0)
-    module = GraphemeModule(hidden=16, heads=2, pool_threshold=0.99)  # merges nothing
+    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8, pool_threshold=0.9999,
+                            segment_forcing=True, ce_weight=1.0)  # merges nothing unforced
     batch = pair_batch()
     _, pred, targets = module._step(batch, "train")
     counts = torch.bincount(pred.batch, minlength=3)
-    assert counts.tolist() == [4, 1, 2]
+    assert counts.tolist() == [4, 1, 5]  # "hello" is longer than its question "hi"
     _, pred, _ = module._step(batch, "val")
     counts = torch.bincount(pred.batch, minlength=3)
-    assert counts.tolist() == [len(q) for q in QUESTIONS]
+    assert counts.tolist() == [8, 8, 8]
+
+
+def test_data_the_model_cannot_produce_is_refused_before_training(tmp_path):
+    from pyg_grapheme.data import TextPairDataset
+    from pyg_grapheme.training.module import check_answer_lengths
+
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"input": "7", "target": "seven"}\n{"input": "1", "target": "one"}\n'
+                    '{"input": "x", "target": "a very long answer"}\n')
+    data = TextPairDataset(tmp_path / "cache", path)
+    check_answer_lengths(data, 18)
+    with pytest.raises(ValueError, match=r"1 train pair\(s\) .* 1 to 5 graphemes .*#2 \(18 gr"):
+        check_answer_lengths(data, 5)
+    with pytest.raises(ValueError, match=r"2 val pair\(s\) .*#0 \(5 graphemes\)"):
+        check_answer_lengths(data, 4, "val")
 
 
 def test_gradients_are_clipped_by_default(tmp_path):
@@ -80,7 +96,7 @@ def test_gradients_are_clipped_by_default(tmp_path):
         return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
 
     L.seed_everything(0)
-    module = GraphemeModule(hidden=16, heads=2, grad_clip=0.5)
+    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8, grad_clip=0.5)
     data = GraphemeDataModule(train_file="kindergarten", batch_size=128,
                               root=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,

@@ -1,0 +1,108 @@
+"""segmentation_nll: the exact sum over contiguous segmentations, checked by enumeration."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from pyg_grapheme.loss import segmentation_log_likelihood, segmentation_nll
+
+
+def brute_force(log_probs, z, target):
+    """log P(y) by enumerating all 2^(T-1) merge patterns of one chain."""
+    T, M = log_probs.size(0), target.size(0)
+    lm, lc = torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)
+    terms = []
+    for cuts in itertools.product([False, True], repeat=T - 1):
+        if sum(cuts) != M - 1:
+            continue
+        total = log_probs[0].gather(1, target[0].view(-1, 1)).sum()
+        seg = 0
+        for t in range(1, T):
+            if cuts[t - 1]:
+                seg += 1
+                total = total + lc[t - 1] + log_probs[t].gather(1, target[seg].view(-1, 1)).sum()
+            else:
+                total = total + lm[t - 1]
+        terms.append(total)
+    if not terms:
+        return torch.tensor(float("-inf"), dtype=log_probs.dtype)
+    return torch.logsumexp(torch.stack(terms), 0)
+
+
+def make(sizes, targets, S=3, K=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    T = sum(sizes)
+    log_probs = torch.randn(T, S, K, generator=g, dtype=dtype).log_softmax(-1)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    z = torch.randn(T - sum(1 for s in sizes if s), generator=g, dtype=dtype)
+    target = torch.randint(0, K, (sum(targets), S), generator=g)
+    tbatch = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor(targets))
+    return log_probs, batch, z, target, tbatch
+
+
+def test_matches_enumeration_on_a_mixed_batch():
+    sizes, targets = [5, 1, 4, 6], [2, 1, 4, 1]
+    lp, batch, z, target, tbatch = make(sizes, targets)
+    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, len(sizes))
+    node, edge, tnode = 0, 0, 0
+    for b, (T, M) in enumerate(zip(sizes, targets, strict=True)):
+        want = brute_force(lp[node:node + T], z[edge:edge + T - 1], target[tnode:tnode + M])
+        assert ll[b].item() == pytest.approx(want.item(), rel=1e-12, abs=1e-12)
+        node, edge, tnode = node + T, edge + T - 1, tnode + M
+
+
+def test_likelihood_is_a_distribution_over_answers():
+    """Summed over every target of every length, P(y) is 1, whatever the merge logits."""
+    S, K, T = 2, 2, 4
+    lp, batch, z, _, _ = make([T], [1], S=S, K=K, seed=3)
+    labels = list(itertools.product(range(K), repeat=S))
+    total = 0.0
+    for M in range(1, T + 1):
+        for ys in itertools.product(labels, repeat=M):
+            target = torch.tensor(ys).view(M, S)
+            tb = torch.zeros(M, dtype=torch.long)
+            total += math.exp(segmentation_log_likelihood(lp, batch, z, target, tb, 1).item())
+    assert total == pytest.approx(1.0, rel=1e-10)
+
+
+def test_gradcheck_float64():
+    sizes, targets = [4, 1, 3], [2, 1, 3]
+    lp, batch, z, target, tbatch = make(sizes, targets)
+    logits = lp.clone().requires_grad_()
+    z = z.clone().requires_grad_()
+
+    def f(logits, z):
+        return segmentation_nll(logits.log_softmax(-1), batch, z, target, tbatch, 3)
+
+    assert torch.autograd.gradcheck(f, (logits, z))
+
+
+def test_impossible_pairs_are_named():
+    lp, batch, z, target, tbatch = make([3, 2], [1, 3])
+    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, 2)
+    assert torch.isfinite(ll[0]) and torch.isneginf(ll[1])
+    with pytest.raises(ValueError, match="pair 1 .* 3 graphemes and its canvas 2 nodes"):
+        segmentation_nll(lp, batch, z, target, tbatch, 2)
+
+
+def test_empty_pairs():
+    lp, batch, z, target, tbatch = make([3, 2], [1, 2])
+    # graph 2 is empty on both sides: likelihood 1
+    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, 3)
+    assert ll[2].item() == 0.0
+
+
+def test_learning_the_threshold_direction():
+    """With fixed emissions, the gradient moves the merge logit towards the segmentation
+    the target needs: a 1-grapheme target wants every edge merged, a T-grapheme target
+    every edge cut."""
+    T = 5
+    lp = torch.zeros(T, 1, 2).log_softmax(-1)  # uninformative emissions
+    batch = torch.zeros(T, dtype=torch.long)
+    for M, sign in ((1, -1.0), (T, 1.0)):
+        z = torch.zeros(T - 1, requires_grad=True)
+        target = torch.zeros(M, 1, dtype=torch.long)
+        segmentation_nll(lp, batch, z, target, torch.zeros(M, dtype=torch.long), 1).backward()
+        assert (torch.sign(z.grad) == sign).all(), (M, z.grad)
