@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pyg_grapheme.data.formats import DataFormatError
-from pyg_grapheme.training.callbacks import TrainingReport
+from pyg_grapheme.training.callbacks import AtomicCheckpointIO, LastCheckpoint, TrainingReport
 from pyg_grapheme.training.datamodule import GraphemeDataModule
 from pyg_grapheme.training.module import GraphemeModule
 
@@ -19,17 +21,60 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated, corrupt or not a checkpoint)."""
 
 
-def load_checkpoint(path: str | Path) -> GraphemeModule:
-    """Load a trained :class:`GraphemeModule` for prediction (``weights_only=True``)."""
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The contents of a Lightning checkpoint, loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: a missing file, a folder, an unreadable, truncated or corrupt file,
+            a torch file that is not a Lightning checkpoint, or non-finite parameters.
+    """
+    name = str(path)
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {name!r} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {name!r} is a folder, not a checkpoint file")
     try:
-        module = GraphemeModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        reason = err.strerror or err
+        raise CheckpointError(f"checkpoint {name!r} cannot be read: {reason}") from None
     except Exception as err:  # torch raises many types for a damaged zip/pickle
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a pyg_grapheme checkpoint: "
-            f"{type(err).__name__}: {err}"
+            f"checkpoint {name!r} is corrupt: {type(err).__name__}: {_first_line(err)}"
+        ) from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
+            and "pytorch-lightning_version" in ckpt):
+        raise CheckpointError(
+            f"{name!r} is a torch file but not a Lightning checkpoint (no 'state_dict' and "
+            "'pytorch-lightning_version'): pass a .ckpt written by `fit`"
+        )
+    bad = [key for key, value in ckpt["state_dict"].items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point()
+           and not bool(torch.isfinite(value).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint {name!r} has NaN or infinite parameters ({', '.join(bad[:3])}{more}): "
+            "the run that wrote it diverged; use an earlier checkpoint"
+        )
+    return ckpt
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def load_checkpoint(path: str | Path) -> GraphemeModule:
+    """Load a trained :class:`GraphemeModule` for prediction (``weights_only=True``)."""
+    read_checkpoint(path)
+    try:
+        module = GraphemeModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a pyg_grapheme checkpoint: "
+            f"{type(err).__name__}: {_first_line(err)}"
         ) from None
     return module.eval()
 
@@ -38,14 +83,7 @@ def check_checkpoint(path: str | Path | None) -> None:
     """Fail before training when ``--ckpt_path`` points at an unreadable file."""
     if path is None or str(path) in {"last", "best", "hpc", "registry"}:
         return
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt: {type(err).__name__}: {err}"
-        ) from None
+    read_checkpoint(path)
 
 
 class GraphemeCLI(LightningCLI):
@@ -60,11 +98,16 @@ class GraphemeCLI(LightningCLI):
             "checkpoint.mode": "max",
             "checkpoint.filename": "best-{epoch}-{val_exact_match:.3f}",
         })
-        # With a monitor, Lightning refreshes last.ckpt only when the best improves; this
-        # second callback writes last.ckpt every epoch (for resuming).
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults({"last_checkpoint.save_top_k": 0, "last_checkpoint.save_last": True})
+        # last.ckpt after every epoch and on Ctrl-C / SIGTERM (for resuming).
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(TrainingReport, "report")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Checkpoints are written atomically (temporary file, fsync, rename in place).
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def predict_texts(ckpt_path: str, texts: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 """The command line: fit/predict end to end, and bad input stopping before training."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd):
+    # PYTHONPATH: the package of this checkout, not whichever one is installed.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "pyg_grapheme", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     return proc.returncode, proc.stdout, proc.stderr
 
 
