@@ -86,6 +86,21 @@ def check_checkpoint(path: str | Path | None) -> None:
     read_checkpoint(path)
 
 
+def default_loggers(save_dir: str | os.PathLike) -> list:
+    """The loggers of a run without ``trainer.logger`` in its config: CSV (``metrics.csv``,
+    always) and TensorBoard when ``tensorboard`` is installed, both in
+    ``save_dir/logs/version_N`` (the same ``N``), so that logs, checkpoints, ``curves.png``
+    and ``answers.md`` all land under ``--trainer.default_root_dir``."""
+    from lightning.fabric.loggers.tensorboard import _TENSORBOARD_AVAILABLE, _TENSORBOARDX_AVAILABLE
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(save_dir, name="logs")
+    if not (_TENSORBOARD_AVAILABLE or _TENSORBOARDX_AVAILABLE):
+        return [csv]
+    return [csv, TensorBoardLogger(save_dir, name="logs", version=csv.version,
+                                   default_hp_metric=False)]
+
+
 class GraphemeCLI(LightningCLI):
     """LightningCLI with the package's defaults: best (by validation exact match) and last
     checkpoints and the training report. (``--ckpt_path`` is checked in :func:`main`:
@@ -103,6 +118,10 @@ class GraphemeCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingReport, "report")
 
     def instantiate_trainer(self, **kwargs):
+        config = self._get(self.config_init, "trainer", default={})
+        if "logger" not in kwargs and config.get("logger") in (None, True):
+            root = config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = default_loggers(root)
         trainer = super().instantiate_trainer(**kwargs)
         # Checkpoints are written atomically (temporary file, fsync, rename in place).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:

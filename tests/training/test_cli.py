@@ -20,14 +20,14 @@ def cli(*args, cwd):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
+    """One short fit with ``--trainer.default_root_dir out`` (run from ``tmp``)."""
     tmp = tmp_path_factory.mktemp("cli")
     rc, out, err = cli("fit", "--config", ROOT / "experiments" / "kindergarten.yaml",
                        "--trainer.max_epochs", 3, "--trainer.check_val_every_n_epoch", 1,
-                       "--trainer.default_root_dir", tmp, "--trainer.logger.init_args.save_dir",
-                       tmp, "--data.root", tmp / "cache", "--model.hidden", 32,
-                       "--model.heads", 2, cwd=tmp)
+                       "--trainer.default_root_dir", "out", "--data.root", "cache",
+                       "--model.hidden", 32, "--model.heads", 2, cwd=tmp)
     assert rc == 0, err[-3000:]
-    return tmp, out
+    return tmp / "out", out
 
 
 def test_fit_writes_logs_checkpoints_plot_and_table(fitted):
@@ -37,10 +37,22 @@ def test_fit_writes_logs_checkpoints_plot_and_table(fitted):
     assert any("train" in h and "loss" in h for h in header)
     ckpts = {p.name for p in tmp.rglob("*.ckpt")}
     assert "last.ckpt" in ckpts and any(n.startswith("best") for n in ckpts)
-    assert all(p.is_relative_to(tmp) for p in tmp.rglob("*.ckpt"))
     png = next(tmp.rglob("curves.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| question | answer | target |" in out and "exact match:" in out
+
+
+def test_default_root_dir_holds_everything(fitted):
+    """Logs, checkpoints, plot, answer table and config all land under
+    ``--trainer.default_root_dir`` (the YAML's ``runs/kindergarten`` is not used)."""
+    root, _ = fitted
+    cwd = root.parent
+    assert sorted(p.name for p in cwd.iterdir()) == ["cache", "out"]
+    version = root / "logs" / "version_0"
+    for name in ("metrics.csv", "curves.png", "answers.md", "config.yaml",
+                 "checkpoints/last.ckpt"):
+        assert (version / name).is_file(), name
+    assert {p.parent for p in root.rglob("*.ckpt")} == {version / "checkpoints"}
 
 
 def test_predict_prints_answers(fitted):
