@@ -48,9 +48,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None and not err.filename:
+            raise OSError(err.errno, err.strerror or str(err), os.fspath(path)) from err
         raise
     _fsync_dir(path.parent)
 
