@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
         print("error: stopped by SIGTERM (last.ckpt saved: resume with --ckpt_path)",
               file=sys.stderr)
         raise SystemExit(143) from None
+    except KeyboardInterrupt:  # outside fit (which saves last.ckpt and exits 1 itself)
+        print("error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except USER_ERRORS as err:
         if debug:
             raise

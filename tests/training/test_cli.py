@@ -200,7 +200,11 @@ def test_evaluation_without_a_checkpoint_is_refused(tmp_path, capsys, command):
         assert rc == 0 and out.split("\t")[0] == "hi", err[-2000:]
 
 
-def test_sigterm_during_fit_saves_last_and_exits_nonzero(tmp_path):
+@pytest.mark.parametrize("sig, status, message", [
+    (signal.SIGTERM, 143, "error: stopped by SIGTERM"),
+    (signal.SIGINT, 1, "Detected KeyboardInterrupt"),
+])
+def test_signal_during_fit_saves_last_and_exits_nonzero(tmp_path, sig, status, message):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pyg_grapheme", "fit", "--config",
            str(ROOT / "experiments" / "kindergarten.yaml"), "--trainer.max_epochs", "100000",
@@ -213,12 +217,13 @@ def test_sigterm_during_fit_saves_last_and_exits_nonzero(tmp_path):
         while not list(tmp_path.rglob("last.ckpt")):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert "error: stopped by SIGTERM" in err and "Traceback" not in err
+    assert proc.returncode == status, err[-2000:]
+    assert message in err and "Traceback" not in err, err[-2000:]
     from pyg_grapheme.training.cli import read_checkpoint
 
     read_checkpoint(next(tmp_path.rglob("last.ckpt")))
