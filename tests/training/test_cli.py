@@ -178,6 +178,14 @@ def test_predict_from_data_predict_texts_prints_and_writes(fitted, tmp_path, cap
     from pyg_grapheme.training.cli import escape
 
     assert [escape(r["answer"]) for r in records] == [line.split("\t")[1] for line in lines]
+    # The --text shortcut: the same answers, escaped when printed, raw in the file.
+    rc, out, err = run_main("predict", "--ckpt_path", ckpt, "--text", "What colour is snow?",
+                            "--text", "a\x1b[31mb\nc", capsys=capsys)
+    assert rc == 0 and out.splitlines() == lines, err[-2000:]
+    rc, out, err = run_main("predict", "--ckpt_path", ckpt, "--text", "a\x1b[31mb\nc",
+                            "--output", tmp_path / "one.jsonl", capsys=capsys)
+    assert rc == 0 and out == "", err[-2000:]
+    assert json.loads((tmp_path / "one.jsonl").read_text()) == records[1]
 
 
 def test_escape_control_characters():
