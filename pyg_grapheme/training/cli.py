@@ -167,7 +167,9 @@ class GraphemeCLI(LightningCLI):
           they change the architecture (:data:`ARCHITECTURE_ARGS`), or, in ``fit``, the
           optimizer (:data:`OPTIMIZER_ARGS`, whose state the checkpoint restores); any other
           difference (a loss weight, ``grad_clip``, ...) is applied, with a warning on
-          stderr for each. Arguments left at their defaults take the checkpoint's values.
+          stderr for each. Model arguments named nowhere take the checkpoint's values.
+          (Only ``--model.KEY`` flags and the ``model:`` section of ``--config`` files
+          count as named; ``--model '{...}'`` as a whole does not.)
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
