@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import hashlib
 import importlib.resources
+import io
 import marshal
 import os
 import pickle
@@ -210,11 +211,23 @@ class TextPairDataset(InMemoryDataset):
             data_list = [self.pre_transform(d) for d in data_list]
         if not data_list:
             raise ValueError(f"{self.source}: pre_filter removed every pair")
+        data, slices = self.collate(data_list)
+        buffer = io.BytesIO()  # what InMemoryDataset.save writes, serialised in memory
+        torch.save((data.to_dict(), slices, data.__class__), buffer)
         path = self.processed_paths[0]
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            self.save(data_list, tmp)
+            # A full disk raises OSError (ENOSPC) here, not a RuntimeError from torch's
+            # zip writer; fsync before the rename so a crash cannot leave an empty data.pt.
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            if err.errno is None or err.filename:
+                raise
+            raise OSError(err.errno, err.strerror or str(err), path) from err
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)

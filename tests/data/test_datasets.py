@@ -178,6 +178,21 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
     assert len(TextPairDataset(tmp_path / "root", path)) == 2
 
 
+def test_full_disk_while_caching_is_an_oserror_and_leaves_nothing(tmp_path, monkeypatch):
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b"), ("c", "d")])
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left") as info:
+        TextPairDataset(tmp_path / "root", path)
+    assert info.value.errno == 28 and info.value.filename.endswith("data.pt")
+    assert not (tmp_path / "root" / "processed").exists()
+    monkeypatch.undo()
+    assert len(TextPairDataset(tmp_path / "root", path)) == 2
+
+
 def test_pre_filter_and_transform(tmp_path):
     path = write_qa(tmp_path / "p.jsonl", [("a", "b"), ("long input", "c")])
     dataset = TextPairDataset(
