@@ -306,10 +306,13 @@ def emit_answers(texts: list[str], answers: list[str], output: str | None = None
 
 #: Errors that are the input's fault: one ``error:`` line and exit status 2 (``--debug``
 #: shows the traceback). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, RecursionError)
+#: (``FloatingPointError``: the module's "loss is not finite", a diverged run.)
+USER_ERRORS = (ValueError, OSError, RecursionError, FloatingPointError)
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, FloatingPointError):
+        return f"{err}: training diverged; last.ckpt holds the last finite epoch"
     if isinstance(err, RecursionError):
         return f"input nested too deeply to read ({err})"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:

@@ -305,3 +305,23 @@ def test_full_disk_while_saving_is_one_line_and_debug_shows_the_traceback(
 
     with pytest.raises(OSError, match="No space left"):
         main([str(a) for a in args] + ["--debug"])
+
+
+def test_diverged_training_is_one_line_and_keeps_the_last_finite_checkpoint(
+        tmp_path, capsys, monkeypatch):
+    from pyg_grapheme.training.module import GraphemeModule
+
+    original = GraphemeModule.training_step
+
+    def diverging(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise FloatingPointError("train loss is not finite (nan)")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GraphemeModule, "training_step", diverging)
+    rc, _, err = run_main(*small_fit(tmp_path, "--trainer.max_epochs", 3, "--model.hidden", 16,
+                                     "--model.heads", 2), capsys=capsys)
+    assert rc == 2 and "error: train loss is not finite (nan): training diverged" in err
+    assert "Traceback" not in err
+    last = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(last, weights_only=True)["epoch"] == 0
