@@ -54,7 +54,6 @@ __all__ = [
 torch.serialization.add_safe_globals([PairData])
 
 
-
 class CacheError(ValueError):
     """A processed-dataset cache file that cannot be loaded safely (it holds objects other
     than tensors and PyG data, or it is damaged). Nothing in it has been run."""
@@ -182,14 +181,15 @@ class TextPairDataset(InMemoryDataset):
         try:
             out = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()
+            found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", str(err))
+            what = found.group(0) if found else "an object torch.load refuses"
             raise CacheError(
                 f"refusing to load the dataset cache {path!r}: it holds objects other than "
-                f"tensors and PyG data ({first[-1] if first else 'unsafe pickle'}); nothing "
-                f"in it was run; {hint}"
+                f"tensors and PyG data ({what}); nothing in it was run; {hint}"
             ) from None
         except (OSError, RuntimeError, EOFError) as err:
-            raise CacheError(f"the dataset cache {path!r} is damaged ({err}); {hint}") from None
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CacheError(f"the dataset cache {path!r} is damaged ({first}); {hint}") from None
         if not (isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], dict)
                 and (out[1] is None or isinstance(out[1], dict)) and out[2] is PairData):
             raise CacheError(f"{path!r} is not a pyg_grapheme dataset cache; {hint}")

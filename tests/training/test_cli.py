@@ -237,6 +237,16 @@ def test_signal_during_fit_saves_last_and_exits_nonzero(tmp_path, sig, status, m
     read_checkpoint(next(tmp_path.rglob("last.ckpt")))
 
 
+class _Payload:
+    """Pickles as a call to ``open(marker, "w")``: loading it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def _nan_checkpoint(src: Path, dst: Path) -> Path:
     ckpt = torch.load(src, weights_only=True)
     key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
@@ -254,6 +264,7 @@ def _nan_checkpoint(src: Path, dst: Path) -> Path:
         ("torch_file", "not a Lightning checkpoint"),
         ("ckpt_in_config", "does not exist"),
         ("folder_ckpt", "is a folder, not a checkpoint"),
+        ("planted_cache", "refusing to load the dataset cache"),
     ],
 )
 def test_input_errors_are_one_line(fitted, tmp_path, capsys, case, message):
@@ -265,7 +276,13 @@ def test_input_errors_are_one_line(fitted, tmp_path, capsys, case, message):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "plain.pt")
     config = tmp_path / "with_ckpt.yaml"
     config.write_text(f"ckpt_path: {tmp_path / 'missing.ckpt'}\n")
+    if case == "planted_cache":
+        from pyg_grapheme.data import KindergartenDataset
+
+        cache = Path(KindergartenDataset(tmp_path / "cache", log=False).processed_paths[0])
+        torch.save((_Payload(tmp_path / "marker"), {}, None), cache)
     extra = {
+        "planted_cache": [],
         "folder": ["--data.train_file", tmp_path / "dir.jsonl"],
         "deep": ["--data.train_file", deep],
         "nan_ckpt": ["--ckpt_path", _nan_checkpoint(ckpt, tmp_path / "nan.ckpt")],
@@ -278,6 +295,7 @@ def test_input_errors_are_one_line(fitted, tmp_path, capsys, case, message):
     assert rc == 2 and message in err, err[-2000:]
     assert "Traceback" not in err and err.count("error:") == 1, err[-2000:]
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
+    assert not (tmp_path / "marker").exists()
 
 
 def test_unreadable_data_file_is_one_line(tmp_path, capsys, monkeypatch):
