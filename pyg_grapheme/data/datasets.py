@@ -2,11 +2,16 @@
 
 Each dataset reads its source file once, turns every ``(input, target)`` pair into a
 :class:`~pyg_grapheme.data.PairData` and caches the collated result under
-``root/processed/<name>-<sha256 of the source bytes, 16 hex digits>/data.pt``. A changed
-source file has a new hash, hence a new cache folder: it is re-processed, never served
+``root/processed/<name>-<sha256 of the source bytes, 16 hex digits>/data.pt`` (with
+``-skip...`` for extra edges and ``-pre<hash>`` when a ``pre_transform`` or ``pre_filter``
+is given: their code and settings are part of the key). A changed source file or
+pre-processing has a new key, hence a new cache folder: it is re-processed, never served
 stale. Caches are written to a temporary file and moved into place with
-:func:`os.replace`, so an interrupted run leaves no half-written cache. Old cache folders
-are left in place (they are small; delete ``root/processed`` to clean up).
+:func:`os.replace`, so an interrupted run leaves no half-written cache, and a failed build
+leaves no empty folder. Caches are read with ``torch.load(weights_only=True)`` and no
+fallback: a ``data.pt`` holding anything but tensors and PyG data (a planted pickle)
+raises :class:`CacheError` and runs nothing. Old cache folders are left in place (they
+are small; delete ``root/processed`` to clean up).
 
 Batch with ``DataLoader(dataset, batch_size=..., follow_batch=FOLLOW_BATCH)`` and split
 each batch with :func:`~pyg_grapheme.data.split_pair_batch`.
@@ -18,7 +23,12 @@ import atexit
 import contextlib
 import hashlib
 import importlib.resources
+import io
+import marshal
 import os
+import pickle
+import re
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,12 +36,13 @@ import torch
 from torch_geometric.data import InMemoryDataset
 
 from pyg_grapheme.data.curriculum import DEFAULT_SIZES, SPLITS, write_curriculum
-from pyg_grapheme.data.formats import parse_records
+from pyg_grapheme.data.formats import DataFormatError, parse_records
 from pyg_grapheme.data.pair import PairData
 from pyg_grapheme.data.tasks import DEFAULT_TASK_SIZES, TASKS, write_task
 
 __all__ = [
     "DATASET_NAMES",
+    "CacheError",
     "KindergartenDataset",
     "MathCurriculumDataset",
     "TaskDataset",
@@ -43,6 +54,36 @@ __all__ = [
 # The cache stores the class of its records; let torch.load(weights_only=True) (what
 # PyG's loader tries first) accept it instead of falling back with a warning.
 torch.serialization.add_safe_globals([PairData])
+
+
+class CacheError(ValueError):
+    """A processed-dataset cache file that cannot be loaded safely (it holds objects other
+    than tensors and PyG data, or it is damaged). Nothing in it has been run."""
+
+
+def _code_key(code: types.CodeType) -> bytes:
+    return marshal.dumps(code)  # bytecode, constants and names (no addresses)
+
+
+def callable_key(fn: Callable | None) -> str:
+    """A text that changes when a ``pre_transform`` / ``pre_filter`` changes: for a
+    function its module, name, bytecode and closure values; for any other object its
+    ``repr``. An object whose ``repr`` is the default ``<... at 0x...>`` has no stable
+    key: its address keeps it unique to this process (never a stale cache, no reuse)."""
+    if fn is None:
+        return ""
+    if isinstance(fn, types.FunctionType | types.MethodType):
+        func = getattr(fn, "__func__", fn)
+        closure = [repr(c.cell_contents) for c in func.__closure__ or ()]
+        digest = hashlib.sha256(_code_key(func.__code__)).hexdigest()
+        owner = repr(fn.__self__) if isinstance(fn, types.MethodType) else ""
+        name = f"{func.__module__}.{func.__qualname__}"
+        return f"{name}:{digest}:{closure}:{func.__defaults__}{owner}"
+    text = repr(fn)
+    if re.search(r" at 0x[0-9a-fA-F]+>", text) is None:
+        return f"{type(fn).__module__}.{type(fn).__qualname__}:{text}"
+    return f"{type(fn).__module__}.{type(fn).__qualname__}:{text}:{id(fn)}"
+
 
 _resource_files = contextlib.ExitStack()
 atexit.register(_resource_files.close)
@@ -90,6 +131,11 @@ class TextPairDataset(InMemoryDataset):
         self.source = Path(path)
         self.skip = tuple(sorted(set(skip)))
         self.name = name or self.source.stem
+        if pre_transform is not None or pre_filter is not None:
+            key = f"{callable_key(pre_transform)}\n{callable_key(pre_filter)}"
+            self.pre_key = "-pre" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        else:
+            self.pre_key = ""
         self._source_bytes: bytes | None = self.source.read_bytes()
         self.source_hash = hashlib.sha256(self._source_bytes).hexdigest()
         super().__init__(
@@ -106,15 +152,60 @@ class TextPairDataset(InMemoryDataset):
     @property
     def processed_dir(self) -> str:
         skip = "-skip" + "_".join(map(str, self.skip)) if self.skip else ""
-        return os.path.join(self.root, "processed", f"{self.name}-{self.source_hash[:16]}{skip}")
+        folder = f"{self.name}-{self.source_hash[:16]}{skip}{self.pre_key}"
+        return os.path.join(self.root, "processed", folder)
 
     @property
     def processed_file_names(self) -> list[str]:
         return ["data.pt"]
 
+    def _process(self) -> None:
+        # Replaces PyG's: that one reads ``pre_transform.pt`` / ``pre_filter.pt`` with
+        # ``torch.load(weights_only=False)`` (code in a planted file would run) and leaves
+        # an empty folder when processing fails. Here pre-processing is in the cache key.
+        if not self.force_reload and os.path.isfile(self.processed_paths[0]):
+            return
+        folder = Path(self.processed_dir)
+        created = [d for d in (folder.parent, folder) if not d.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.process()
+        except BaseException:
+            for d in reversed(created):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
+            raise
+
+    def load(self, path: str, data_cls: type = PairData) -> None:
+        """Load a cache written by :meth:`process` with ``weights_only=True`` and no
+        fallback (PyG's loader falls back to ``weights_only=False``)."""
+        hint = f"delete {os.path.dirname(path)!r} to rebuild it"
+        try:
+            out = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", str(err))
+            what = found.group(0) if found else "an object torch.load refuses"
+            raise CacheError(
+                f"refusing to load the dataset cache {path!r}: it holds objects other than "
+                f"tensors and PyG data ({what}); nothing in it was run; {hint}"
+            ) from None
+        except (OSError, RuntimeError, EOFError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CacheError(f"the dataset cache {path!r} is damaged ({first}); {hint}") from None
+        if not (isinstance(out, tuple) and len(out) == 3 and isinstance(out[0], dict)
+                and (out[1] is None or isinstance(out[1], dict)) and out[2] is PairData):
+            raise CacheError(f"{path!r} is not a pyg_grapheme dataset cache; {hint}")
+        data, self.slices, _ = out
+        self.data = PairData.from_dict(data)
+
     def process(self) -> None:
         assert self._source_bytes is not None
-        _, pairs = parse_records(self._source_bytes, str(self.source))
+        try:
+            _, pairs = parse_records(self._source_bytes, str(self.source))
+        except RecursionError:
+            raise DataFormatError(
+                str(self.source), None, "JSON nested too deeply to read"
+            ) from None
         data_list = [PairData.from_texts(s, t, skip=self.skip) for s, t in pairs]
         if self.pre_filter is not None:
             data_list = [d for d in data_list if self.pre_filter(d)]
@@ -122,11 +213,23 @@ class TextPairDataset(InMemoryDataset):
             data_list = [self.pre_transform(d) for d in data_list]
         if not data_list:
             raise ValueError(f"{self.source}: pre_filter removed every pair")
+        data, slices = self.collate(data_list)
+        buffer = io.BytesIO()  # what InMemoryDataset.save writes, serialised in memory
+        torch.save((data.to_dict(), slices, data.__class__), buffer)
         path = self.processed_paths[0]
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            self.save(data_list, tmp)
+            # A full disk raises OSError (ENOSPC) here, not a RuntimeError from torch's
+            # zip writer; fsync before the rename so a crash cannot leave an empty data.pt.
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            if err.errno is None or err.filename:
+                raise
+            raise OSError(err.errno, err.strerror or str(err), path) from err
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)

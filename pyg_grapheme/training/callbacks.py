@@ -1,14 +1,20 @@
-"""Callbacks: curves (loss, threshold, answers) as a PNG and the table of decoded answers."""
+"""Callbacks: ``last.ckpt`` every epoch, atomic checkpoint files, and the training report
+(curves as a PNG and the table of decoded answers)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 _CURVES = (
     ("train_loss", "train loss"),
@@ -19,17 +25,94 @@ _CURVES = (
 )
 
 
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is never a truncated file: a temporary
+    file in the same folder (same filesystem), flushed and fsynced, then :func:`os.replace`.
+    On any error (a full disk, an interrupt) the temporary file is removed and ``path``
+    keeps its previous content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None and not err.filename:
+            raise OSError(err.errno, err.strerror or str(err), os.fspath(path)) from err
+        raise
+    _fsync_dir(path.parent)
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename: never half-written."""
+    """Write via ``write(tmp_path)`` into a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """:class:`TorchCheckpointIO` that writes each checkpoint with :func:`atomic_write_bytes`
+    (in the checkpoint's own folder, fsynced, renamed into place): a killed process or a
+    full disk never leaves a truncated file under a checkpoint's name."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Write ``last.ckpt`` at the end of every training epoch (after that epoch's
+    validation) and when ``fit`` is stopped by Ctrl-C (``KeyboardInterrupt``) or SIGTERM,
+    for resuming with ``--ckpt_path``.
+
+    (A plain ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last.ckpt`` only
+    in a step where it also saved a top-k checkpoint, so with ``save_top_k=0`` only when
+    ``fit`` ends.) The file is always ``last.ckpt`` in ``dirpath`` (no ``-v1``
+    versions); ``dirpath=None`` means the logger's ``checkpoints`` folder, as for
+    :class:`ModelCheckpoint`.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
+                         enable_version_counter=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass  # saved at the end of the training epoch, which comes after its validation
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException) and not (
+            self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class TrainingReport(Callback):

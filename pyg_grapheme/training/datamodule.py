@@ -10,6 +10,7 @@ from torch_geometric.loader import DataLoader
 
 from pyg_grapheme.data import FOLLOW_BATCH, read_pairs, resolve_dataset, text_to_graph
 from pyg_grapheme.data.datasets import DATASET_NAMES
+from pyg_grapheme.data.formats import DataFormatError
 
 
 class GraphemeDataModule(L.LightningDataModule):
@@ -106,4 +107,11 @@ def check_source(source: str) -> None:
             f"data source {source!r} is neither a file nor a dataset name "
             f"(known names: {', '.join(sorted(DATASET_NAMES))})"
         )
-    read_pairs(path)  # raises DataFormatError naming file and line
+    if path.is_dir():
+        raise DataFormatError(source, None, "is a folder, not a JSON Lines file")
+    try:
+        read_pairs(path)  # raises DataFormatError naming file and line
+    except OSError as err:
+        raise DataFormatError(source, None, f"cannot be read: {err.strerror or err}") from None
+    except RecursionError:
+        raise DataFormatError(source, None, "JSON nested too deeply to read") from None

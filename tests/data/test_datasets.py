@@ -23,6 +23,7 @@ from pyg_grapheme.data import (
     split_pair_batch,
 )
 from pyg_grapheme.data.curriculum import write_curriculum
+from pyg_grapheme.data.datasets import CacheError
 from pyg_grapheme.data.graphemes import grapheme_spans
 
 PROTOTYPE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "prototype-data"
@@ -177,6 +178,21 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
     assert len(TextPairDataset(tmp_path / "root", path)) == 2
 
 
+def test_full_disk_while_caching_is_an_oserror_and_leaves_nothing(tmp_path, monkeypatch):
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b"), ("c", "d")])
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left") as info:
+        TextPairDataset(tmp_path / "root", path)
+    assert info.value.errno == 28 and info.value.filename.endswith("data.pt")
+    assert not (tmp_path / "root" / "processed").exists()
+    monkeypatch.undo()
+    assert len(TextPairDataset(tmp_path / "root", path)) == 2
+
+
 def test_pre_filter_and_transform(tmp_path):
     path = write_qa(tmp_path / "p.jsonl", [("a", "b"), ("long input", "c")])
     dataset = TextPairDataset(
@@ -185,6 +201,89 @@ def test_pre_filter_and_transform(tmp_path):
     )
     assert len(dataset) == 1 and texts(dataset[0]) == ("long input", "c")
     assert dataset[0].seen.tolist() == [1]
+
+
+class _Payload:
+    """Pickles as a call to ``open(marker, "w")``: loading it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_cache_payload_does_not_run(tmp_path):
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b")])
+    dataset = TextPairDataset(tmp_path / "root", path)
+    marker = tmp_path / "marker"
+    cache = Path(dataset.processed_paths[0])
+    torch.save((_Payload(marker), {}, PairData), cache)
+    with pytest.raises(CacheError, match="refusing to load the dataset cache"):
+        TextPairDataset(tmp_path / "root", path)
+    assert not marker.exists()
+    # PyG's own pre_transform.pt / pre_filter.pt checks are not used either.
+    cache.unlink()
+    torch.save(_Payload(marker), cache.parent / "pre_transform.pt")
+    torch.save(_Payload(marker), cache.parent / "pre_filter.pt")
+    assert len(TextPairDataset(tmp_path / "root", path)) == 1
+    assert not marker.exists()
+
+
+def test_damaged_cache_is_a_clear_error(tmp_path):
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b")])
+    cache = Path(TextPairDataset(tmp_path / "root", path).processed_paths[0])
+    cache.write_bytes(cache.read_bytes()[:100])
+    with pytest.raises(CacheError, match="damaged"):
+        TextPairDataset(tmp_path / "root", path)
+    torch.save({"not": "a cache"}, cache)
+    with pytest.raises(CacheError, match="not a pyg_grapheme dataset cache"):
+        TextPairDataset(tmp_path / "root", path)
+
+
+def _mark_a(d):
+    d.mark = torch.tensor([1])
+    return d
+
+
+def _mark_b(d):
+    d.mark = torch.tensor([2])
+    return d
+
+
+def test_pre_transform_and_pre_filter_are_part_of_the_cache_key(tmp_path):
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b"), ("long input", "c")])
+    root = tmp_path / "root"
+    assert TextPairDataset(root, path, pre_transform=_mark_a)[0].mark.tolist() == [1]
+    assert TextPairDataset(root, path, pre_transform=_mark_b)[0].mark.tolist() == [2]
+    assert "mark" not in TextPairDataset(root, path)[0]
+    # Two lambdas with the same repr but different code: different caches.
+    assert len(TextPairDataset(root, path, pre_filter=lambda d: d.x_s.size(0) > 1)) == 1
+    assert len(TextPairDataset(root, path, pre_filter=lambda d: d.x_s.size(0) > 0)) == 2
+    # The same function again: the cache is reused.
+    before = {p.name for p in (root / "processed").iterdir()}
+    TextPairDataset(root, path, pre_transform=_mark_a)
+    assert {p.name for p in (root / "processed").iterdir()} == before
+
+
+def test_failed_build_leaves_no_empty_folder(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a", "target": "b"}\n{"input": 3}\n')
+    with pytest.raises(DataFormatError):
+        TextPairDataset(tmp_path / "root", bad)
+    assert not (tmp_path / "root" / "processed").exists()
+    path = write_qa(tmp_path / "p.jsonl", [("a", "b")])
+    TextPairDataset(tmp_path / "root", path)
+    with pytest.raises(ValueError, match="pre_filter removed every pair"):
+        TextPairDataset(tmp_path / "root", path, pre_filter=lambda d: False)
+    assert len(list((tmp_path / "root" / "processed").iterdir())) == 1
+
+
+def test_deeply_nested_json_is_a_format_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"input": ' + "[" * 100_000 + "]" * 100_000 + ', "target": "b"}\n')
+    with pytest.raises(DataFormatError, match="nested too deeply"):
+        TextPairDataset(tmp_path / "root", path)
 
 
 # ---------------------------------------------------------------- math curriculum

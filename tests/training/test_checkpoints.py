@@ -1,0 +1,132 @@
+"""last.ckpt every epoch and on SIGTERM, atomic checkpoint files, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from pyg_grapheme.training.callbacks import AtomicCheckpointIO, LastCheckpoint, atomic_write_bytes
+from pyg_grapheme.training.cli import read_checkpoint
+from tests.training.helpers import epoch_metrics, train
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = {"hidden": 16, "heads": 2, "dag_layers": 1, "gat_layers": 1}
+
+
+class SigtermAt(Callback):
+    """Send this process SIGTERM at the end of training epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_last_checkpoint_every_epoch_and_resume_after_sigterm(tmp_path):
+    """SIGTERM after epoch 2 of 6: last.ckpt holds epoch 2, and resuming from it gives
+    the curve of the uninterrupted run."""
+    train(tmp_path / "full", 6, module_kwargs=SMALL)
+    last_dir = tmp_path / "part" / "last"
+    with pytest.raises(SIGTERMException):
+        train(tmp_path / "part", 6, module_kwargs=SMALL, plugins=[AtomicCheckpointIO()],
+              callbacks=[LastCheckpoint(dirpath=str(last_dir)), SigtermAt(2)])
+    assert [p.name for p in last_dir.iterdir()] == ["last.ckpt"]  # no temporary files
+    ckpt = read_checkpoint(last_dir / "last.ckpt")
+    assert ckpt["epoch"] == 2
+    train(tmp_path / "part", 6, module_kwargs=SMALL, ckpt_path=last_dir / "last.ckpt",
+          version=1, callbacks=[LastCheckpoint(dirpath=str(last_dir))])
+    full = epoch_metrics(tmp_path / "full" / "logs" / "version_0")["train_loss"]
+    part = epoch_metrics(tmp_path / "part" / "logs" / "version_0")["train_loss"]
+    resumed = epoch_metrics(tmp_path / "part" / "logs" / "version_1")["train_loss"]
+    assert sorted(part) == [0, 1, 2] and sorted(resumed) == [3, 4, 5]
+    part.update(resumed)
+    for epoch in range(6):
+        assert part[epoch] == pytest.approx(full[epoch], rel=1e-6, abs=1e-7), epoch
+    assert read_checkpoint(last_dir / "last.ckpt")["epoch"] == 5
+
+
+def test_last_checkpoint_written_each_epoch(tmp_path):
+    seen = []
+
+    class Watch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            path = tmp_path / "last" / "last.ckpt"
+            seen.append(torch.load(path, weights_only=True)["epoch"] if path.exists() else None)
+
+    train(tmp_path, 3, module_kwargs=SMALL, val_every=2,
+          callbacks=[LastCheckpoint(dirpath=str(tmp_path / "last")), Watch()])
+    assert seen == [None, 0, 1]
+
+
+def test_atomic_write_keeps_the_old_file_on_error(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_write_bytes(path, b"old")
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(path, b"new" * 1000)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def _fit_cmd(tmp: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "pyg_grapheme", "fit",
+            "--config", str(ROOT / "experiments" / "kindergarten.yaml"),
+            "--trainer.max_epochs", "100000", "--trainer.check_val_every_n_epoch", "1000",
+            "--trainer.default_root_dir", str(tmp / "runs"),
+            "--data.root", str(tmp / "cache"), "--model.hidden", "16", "--model.heads", "2",
+            "--model.dag_layers", "1", "--model.gat_layers", "1", *extra]
+
+
+def _newest_last(tmp: Path) -> Path | None:
+    found = sorted((tmp / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def test_kill_9_never_leaves_a_bad_checkpoint(tmp_path):
+    """Three runs, each resuming from the previous one's last.ckpt, killed with SIGKILL at
+    a random moment once it has written a checkpoint: every ``*.ckpt`` file loads."""
+    rng = random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    resume: list[str] = []
+    epochs = []
+    for _ in range(3):
+        before = _newest_last(tmp_path)
+        before_mtime = before.stat().st_mtime if before else 0.0
+        proc = subprocess.Popen(_fit_cmd(tmp_path, *resume), cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                newest = _newest_last(tmp_path)
+                if newest is not None and newest.stat().st_mtime > before_mtime:
+                    break
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                time.sleep(0.05)
+            else:
+                pytest.fail("no last.ckpt within 120 s")
+            time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            proc.kill()
+            proc.wait()
+        for ckpt in (tmp_path / "runs").rglob("*.ckpt"):
+            read_checkpoint(ckpt)  # raises on a truncated or corrupt file
+        newest = _newest_last(tmp_path)
+        epochs.append(read_checkpoint(newest)["epoch"])
+        resume = ["--ckpt_path", str(newest)]
+    assert epochs == sorted(epochs) and epochs[-1] > epochs[0]
