@@ -342,12 +342,13 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
 # --------------------------------------------------------------------------- graph model
 
 
-def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32):
+def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32, **kwargs):
     """The graph model as the comparison trains it: the package's defaults, except the
-    arguments set here (keep this the one place to update)."""
+    arguments set here (keep this the one place to update); ``kwargs`` go to
+    ``GraphemeModule`` (the objective ablation uses them)."""
     from pyg_grapheme.training import GraphemeModule
 
-    return GraphemeModule(hidden=hidden, lr=lr, max_answer_length=max_answer_length)
+    return GraphemeModule(hidden=hidden, lr=lr, max_answer_length=max_answer_length, **kwargs)
 
 
 def answer_slots(data: TaskData) -> int:
@@ -375,13 +376,15 @@ def train_graph(
     seed: int = 0,
     cache_dir: Path = Path("data_cache"),
     log: Callable[[str], None] | None = print,
+    module_kwargs: dict | None = None,
+    name: str = "graph",
 ) -> Result:
     """GraphemeModule on GraphemeDataModule under the shared harness (:func:`fit`: the
-    ``Trainer``'s clipping at 1 overrides the module's own ``grad_clip``, the same value)."""
+    ``Trainer``'s clipping at 1 overrides the module's own ``grad_clip``)."""
     from pyg_grapheme.training import GraphemeDataModule
 
     _seed(seed)
-    module = build_graph(hidden, lr, answer_slots(data))
+    module = build_graph(hidden, lr, answer_slots(data), **(module_kwargs or {}))
     module.hparams.num_examples = 0  # the harness prints its own examples
     dm = GraphemeDataModule(
         train_file=str(data.files["train"]),
@@ -391,9 +394,9 @@ def train_graph(
         root=str(cache_dir),
     )
     stats = fit(module, dm, budget_s=budget_s, max_epochs=max_epochs, memorise=data.memorise,
-                log=log, label=f"graph {data.name}")
+                log=log, label=f"{name} {data.name}")
     model = module.model.eval()
-    result = _result(data, "graph", count_parameters(model), stats, seed)
+    result = _result(data, name, count_parameters(model), stats, seed)
 
     def answer(questions: list[str], chunk: int = 256) -> list[str]:
         out: list[str] = []

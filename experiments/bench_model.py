@@ -1,11 +1,13 @@
-"""Forward+backward speed of GraphTransformNet + structural_loss (issues 5 and 6).
+"""Forward+backward speed of GraphTransformNet + its training loss (segmentation_nll).
 
     python experiments/bench_model.py [--threads 1] [--repeats 5]
 
 Table 1: graphs/s for batches of 64 QA-sized graphs (20-60 graphemes, answers 1-8),
 forward only, forward+backward (the training step without the optimizer), and a whole
-Adam step. Table 2: one graph of n = 100 .. 10,000 nodes (answer n/10): seconds per
-forward+backward and microseconds per node; growth is linear when the last column is flat.
+Adam step, at canvas sizes (``max_answer_length``, the cap on the answer's length)
+8 .. 64: how the cost grows with the cap. Table 2: one graph of n = 100 .. 4,000
+nodes (canvas 32): seconds per forward+backward and microseconds per node (the encoder's
+self-attention is quadratic in n).
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
 small ops far slower).
 """
@@ -22,8 +24,8 @@ import torch
 from torch_geometric.data import Batch
 
 from pyg_grapheme import text_to_graph
-from pyg_grapheme.loss import structural_loss
-from pyg_grapheme.nn import GraphTransformNet, one_hot_bytes
+from pyg_grapheme.loss import segmentation_nll
+from pyg_grapheme.nn import GraphTransformNet
 
 
 def random_text(rng: random.Random, n: int) -> str:
@@ -33,7 +35,13 @@ def random_text(rng: random.Random, n: int) -> str:
 def batch_of(rng: random.Random, sizes: list[int], answer: list[int]):
     inputs = Batch.from_data_list([text_to_graph(random_text(rng, n)) for n in sizes])
     targets = Batch.from_data_list([text_to_graph(random_text(rng, m)) for m in answer])
-    return inputs, one_hot_bytes(targets)
+    return inputs, targets
+
+
+def loss_of(model, inputs, targets):
+    pred = model(inputs)
+    return segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
+                            targets.x, targets.batch, targets.num_graphs)
 
 
 def timed(fn, repeats: int) -> float:
@@ -50,47 +58,49 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 3000, 10000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 4000])
+    ap.add_argument("--canvas", type=int, nargs="+", default=[8, 16, 32, 64])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     rng = random.Random(0)
-    model = GraphTransformNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"GraphTransformNet {params:,} parameters, median of {args.repeats}")
-
     inputs, targets = batch_of(rng, [rng.randint(20, 60) for _ in range(64)],
                                [rng.randint(1, 8) for _ in range(64)])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"median of {args.repeats}")
+    print("\n| canvas (max_answer_length) | parameters | forward graphs/s | "
+          "forward+backward graphs/s | Adam step graphs/s |")
+    print("|---|---|---|---|---|")
+    for k in args.canvas:
+        torch.manual_seed(0)
+        model = GraphTransformNet(max_answer_length=k)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        params = sum(p.numel() for p in model.parameters())
 
-    def forward():
-        with torch.no_grad():
-            structural_loss(model(inputs), targets)
+        def forward(model=model):
+            with torch.no_grad():
+                loss_of(model, inputs, targets)
 
-    def forward_backward():
-        model.zero_grad()
-        structural_loss(model(inputs), targets).backward()
+        def forward_backward(model=model):
+            model.zero_grad()
+            loss_of(model, inputs, targets).backward()
 
-    def step():
-        forward_backward()
-        opt.step()
+        def step(opt=opt, fb=forward_backward):
+            fb()
+            opt.step()
 
-    print("\n| batch of 64 QA graphs (20-60 nodes) | s / batch | graphs / s |")
-    print("|---|---|---|")
-    for name, fn in [("forward", forward), ("forward + backward", forward_backward),
-                     ("Adam step", step)]:
-        t = timed(fn, args.repeats)
-        print(f"| {name} | {t:.3f} | {64 / t:.0f} |")
+        rates = [64 / timed(fn, args.repeats) for fn in (forward, forward_backward, step)]
+        print(f"| {k} | {params:,} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
 
+    torch.manual_seed(0)
+    model = GraphTransformNet(max_answer_length=32)
     print("\n| nodes per graph | s forward+backward | us / node |")
     print("|---|---|---|")
     for n in args.sizes:
-        inp, tgt = batch_of(rng, [n], [max(n // 10, 1)])
+        inp, tgt = batch_of(rng, [n], [8])
 
         def fb(inp=inp, tgt=tgt):
             model.zero_grad()
-            structural_loss(model(inp), tgt).backward()
+            loss_of(model, inp, tgt).backward()
 
         t = timed(fb, max(2, args.repeats // 2))
         print(f"| {n} | {t:.3f} | {1e6 * t / n:.1f} |")

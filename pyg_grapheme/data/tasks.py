@@ -26,6 +26,9 @@ from the question alone:
   the point, no point for whole results, ``0`` not ``-0`` (``8.75``, ``9``, ``-12.3``).
 * ``sort``: 3-5 distinct integers or decimals (negatives included) in ascending or
   descending order; the answer lists them as written, joined by ``", "``.
+* ``number_words``: a bare numeral 0-99999 and its English words, the answer longer than
+  the question (issue 12): ``4021`` -> ``four thousand twenty-one`` (American usage: no
+  "and", hyphenated tens).
 
 Splits are disjoint by *problem*, not only by text: a problem (e.g. the number and the
 place for ``place_value``, the unordered pair for ``compare``, the set of numbers for
@@ -57,12 +60,13 @@ __all__ = [
     "TASKS",
     "format_decimal",
     "generate_task",
+    "number_words",
     "round_half_up",
     "write_task",
 ]
 
 #: The task names, in the order of the module docstring.
-TASKS = ("place_value", "compare", "rounding", "add_sub", "sort")
+TASKS = ("place_value", "compare", "rounding", "add_sub", "sort", "number_words")
 #: Default (train, val, test) sizes of every task.
 DEFAULT_TASK_SIZES = (20000, 1000, 1000)
 
@@ -312,6 +316,33 @@ def _sort(rng: random.Random) -> Problem:
     return frozenset(numbers), question, ", ".join(ordered)
 
 
+# ---------------------------------------------------------------- number_words
+
+_WORD_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+         "fourteen fifteen sixteen seventeen eighteen nineteen").split()
+_WORD_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """English words of ``0 <= n < 10**6`` (``4021`` -> ``four thousand twenty-one``)."""
+    if not 0 <= n < 10**6:
+        raise ValueError(f"number_words takes 0 <= n < 1000000, got {n}")
+    if n < 20:
+        return _WORD_ONES[n]
+    if n < 100:
+        return _WORD_TENS[n // 10] + ("" if n % 10 == 0 else "-" + _WORD_ONES[n % 10])
+    if n < 1000:
+        rest = "" if n % 100 == 0 else " " + number_words(n % 100)
+        return f"{_WORD_ONES[n // 100]} hundred{rest}"
+    rest = "" if n % 1000 == 0 else " " + number_words(n % 1000)
+    return f"{number_words(n // 1000)} thousand{rest}"
+
+
+def _number_words(rng: random.Random) -> Problem:
+    n = rng.randrange(100_000)
+    return n, str(n), number_words(n)
+
+
 # ---------------------------------------------------------------- generation
 
 _GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
@@ -320,6 +351,7 @@ _GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
     "rounding": _rounding,
     "add_sub": _add_sub,
     "sort": _sort,
+    "number_words": _number_words,
 }
 assert tuple(_GENERATORS) == TASKS
 

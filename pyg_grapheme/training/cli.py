@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -114,8 +116,11 @@ class UsageError(ValueError):
 
 
 #: Model arguments that change the parameters' shapes: a checkpoint cannot take others.
-ARCHITECTURE_ARGS = ("hidden", "dag_layers", "gat_layers", "heads", "post_layers",
-                     "attention_distances", "pool_similarity", "pool_proj_channels")
+ARCHITECTURE_ARGS = tuple(
+    name for name in inspect.signature(GraphTransformNet).parameters
+    # these change no parameter shape: the checkpoint's weights still load
+    if name not in ("dropout", "max_input_length", "pool_threshold", "pool_tau")
+)
 #: Model arguments whose effect a resumed ``fit`` takes from the checkpoint (the optimizer
 #: and scheduler states are restored), so a new value would be ignored.
 OPTIMIZER_ARGS = ("lr", "betas", "weight_decay", "warmup_epochs", "cosine", "min_lr_ratio")

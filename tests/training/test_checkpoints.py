@@ -20,7 +20,8 @@ from pyg_grapheme.training.cli import read_checkpoint
 from tests.training.helpers import epoch_metrics, train
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {"hidden": 16, "heads": 2, "dag_layers": 1, "gat_layers": 1}
+SMALL = {"hidden": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1,
+         "max_answer_length": 16}
 
 
 class SigtermAt(Callback):
@@ -90,7 +91,7 @@ def _fit_cmd(tmp: Path, *extra) -> list[str]:
             "--trainer.max_epochs", "100000", "--trainer.check_val_every_n_epoch", "1000",
             "--trainer.default_root_dir", str(tmp / "runs"),
             "--data.root", str(tmp / "cache"), "--model.hidden", "16", "--model.heads", "2",
-            "--model.dag_layers", "1", "--model.gat_layers", "1", *extra]
+            "--model.encoder_layers", "1", "--model.decoder_layers", "1", *extra]
 
 
 def _newest_last(tmp: Path) -> Path | None:

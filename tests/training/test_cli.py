@@ -147,16 +147,16 @@ def test_resume_applies_other_model_arguments_with_a_warning(fitted, tmp_path, c
     root, _ = fitted
     ckpt = next(root.rglob("last.ckpt"))
     rc, _, err = run_main(*small_fit(tmp_path, "--ckpt_path", ckpt, "--trainer.max_epochs", 4,
-                                     "--model.hidden", 32, "--model.ce_weight", 0),
+                                     "--model.hidden", 32, "--model.ce_weight", 2),
                           capsys=capsys)
     assert rc == 0, err[-2000:]
-    assert "warning: --model.ce_weight 0" in err and "10.0" in err
+    assert "warning: --model.ce_weight 2" in err and "0.0" in err
     resumed = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
     assert resumed["epoch"] == 3
-    assert resumed["hyper_parameters"]["ce_weight"] == 0
+    assert resumed["hyper_parameters"]["ce_weight"] == 2
     assert resumed["hyper_parameters"]["heads"] == 2  # the checkpoint's: not given
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
-    assert "train_cross_entropy" not in metrics.splitlines()[0]
+    assert "train_cross_entropy" in metrics.splitlines()[0]
 
 
 def test_predict_from_data_predict_texts_prints_and_writes(fitted, tmp_path, capsys):
