@@ -298,7 +298,7 @@ def test_two_thousand_node_pair_is_finite():
     pred = Data(x=torch.rand(n, 4, generator=gen).softmax(-1), edge_index=chain_edges,
                 edge_weight=torch.rand(n - 1, generator=gen), node_weight=torch.ones(n))
     tgt = Data(x=torch.eye(4)[torch.randint(0, 4, (n,), generator=gen)], edge_index=chain_edges)
-    _grads_finite(pred, tgt, outer_iter=2, max_iter=20)
+    _grads_finite(pred, tgt, outer_iter=2, max_outer=2, max_iter=20)
 
 
 def test_slot_cost_is_zero_one_on_one_hot_rows_and_alive_for_uniform():
