@@ -379,6 +379,10 @@ def _schedule(t: int, reg: float, reg_init: float | None, anneal: int) -> float:
 #: relative to the pair's total mass. float64 goes tight cheaply (warm starts); float32
 #: stops where its rounding (~1e-7 per entry, summed) would otherwise stall the test.
 _DEBUG = False
+#: Steps without halving the residual after which a pair counts as stalled.
+_PATIENCE = 8
+#: Largest proximal weight, in units of reg (beyond it a step barely moves).
+_LAM_MAX = 16.0
 _TOLS = {torch.float64: (1e-11, 1e-9), torch.float32: (1e-5, 1e-5)}
 
 
@@ -507,17 +511,29 @@ def _solve_fgw(
 
         lam = torch.zeros(B, dtype=dtype, device=M0.device)
         noise = max(1e-3 * outer_tol, 100 * torch.finfo(dtype).eps)
-        lam_max = 16.0 * reg  # beyond this a step barely moves; the cap warns instead
+        lam_max = _LAM_MAX * reg  # beyond this a step barely moves; the cap warns instead
         inner_tol = max(tol, 1e-3)
         res = torch.full_like(lam, math.inf)
         err_in = torch.zeros_like(lam)
+        res = torch.full_like(lam, math.inf)
         obj_prev = res_prev = None
+        best = torch.full_like(lam, math.inf)
+        since = torch.zeros(B, dtype=torch.long, device=M0.device)
+        act = torch.ones(B, dtype=torch.bool, device=M0.device)  # pairs still iterated
         for _ in range(max_outer):
             M, obj = linearise(P, reg)
             obj = objective(P, obj)
             if obj_prev is not None:
                 d_obj = (obj - obj_prev).abs() / S
-                if bool(((res <= outer_tol) & (d_obj <= outer_tol)).all()):
+                done_ = (res <= outer_tol) & (d_obj <= outer_tol)
+                # A pair whose residual has not halved within `patience` steps has
+                # stalled (a cycle or a slow plateau): it stops taking steps and is
+                # reported by the warning below.
+                improved = res < 0.5 * best
+                best = torch.where(improved, res, best)
+                since = torch.where(improved, 0, since + 1)
+                act = act & ~done_ & (since < _PATIENCE)
+                if not bool(act.any()):
                     break
                 # Objective and step length both rising (beyond what the inner solve's
                 # marginal error explains): the plain step overshoots, the iteration
@@ -529,27 +545,32 @@ def _solve_fgw(
                     torch.where(half < 0.25 * reg, 0.0, half),
                 )
             obj_prev, res_prev = obj, res
-            scale = (reg / (reg + lam)).view(B, 1, 1)
-            if bool((lam > 0).any()):
-                logP = torch.where(cell_ok, P.clamp_min(tiny).log(), 0.0)
-                M_eff = scale * (M - lam.view(B, 1, 1) * logP)
+            # Only the active pairs are solved (converged ones drop out of the batch).
+            idx = act.nonzero().squeeze(1)
+            Pi, Mi, lam_i = P[idx], M[idx], lam[idx]
+            scale = (reg / (reg + lam_i)).view(-1, 1, 1)
+            if bool((lam_i > 0).any()):
+                logP = torch.where(cell_ok[idx], Pi.clamp_min(tiny).log(), 0.0)
+                M_eff = scale * (Mi - lam_i.view(-1, 1, 1) * logP)
             else:
-                M_eff = M
-            init = None if f is None else (f * scale[:, :, 0], g * scale[:, 0])
-            fr, gr, P_new, _, err_in = solve(M_eff, a, b, reg, init=init, max_iter=max_iter,
-                                             tol=inner_tol, method=method)
-            err_in = err_in / S
-            f, g = fr / scale[:, :, 0], gr / scale[:, 0]  # undamped units (warm starts)
-            raw = (P_new - P).abs().sum((1, 2)) / S
-            res = raw / scale.view(B)  # the undamped step's length, to first order
-            P = P_new
+                M_eff = Mi
+            init = None if f is None else (f[idx] * scale[:, :, 0], g[idx] * scale[:, 0])
+            fr, gr, P_new, _, e_i = solve(M_eff, a[idx], b[idx], reg, init=init,
+                                          max_iter=max_iter, tol=inner_tol, method=method)
+            raw = (P_new - Pi).abs().sum((1, 2)) / S[idx]
+            if f is None:
+                f, g = torch.zeros_like(a), torch.zeros_like(b)
+            f, g = f.index_copy(0, idx, fr / scale[:, :, 0]), g.index_copy(0, idx, gr / scale[:, 0])
+            P = P.index_copy(0, idx, P_new)
+            err_in = err_in.index_copy(0, idx, e_i / S[idx])
+            res = res.index_copy(0, idx, raw / scale.view(-1))  # undamped step, 1st order
             steps += 1
             if _DEBUG:
-                print(steps, f"{float(res.max()):.2e}",
+                print(steps, f"{float(res.max()):.2e}", f"active {idx.numel()}",
                       f"lam {float(lam.max()):.2e} damped {int((lam > 0).sum())}",
-                      f"unconv {int((res > outer_tol).sum())} inner_tol {inner_tol:.1e}")
+                      f"inner_tol {inner_tol:.1e}")
             # Inner solves only as exact as the step is long (inexact proximal point).
-            open_ = res > outer_tol
+            open_ = raw > outer_tol * scale.view(-1)
             if bool(open_.any()):
                 inner_tol = max(tol, min(1e-3, 0.1 * float(raw[open_].min())))
     M, _ = linearise(P, reg)
