@@ -338,7 +338,7 @@ def table_full(repeats: int, lo: int = 5, hi: int = 60) -> None:
     tb64 = tb.clone()
     pb64.x, pb64.edge_weight, tb64.x = pb64.x.double(), pb64.edge_weight.double(), tb.x.double()
     v64, parts64 = structural_loss(
-        pb64, tb64, reduction="none", return_components=True, reg_init=None, outer_iter=200,
+        pb64, tb64, reduction="none", return_components=True, reg_init=None, max_outer=200,
         inner_iter=500, max_iter=5000, tol=1e-8, outer_tol=1e-9, **common,
     )
     ref = fgw_value(v64, parts64)
