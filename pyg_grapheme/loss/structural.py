@@ -79,8 +79,10 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -117,6 +119,8 @@ def _read_side(g: Any, name: str, dtype: torch.dtype | None = None) -> _Side:
         raise ValueError(f"{name}.x must have shape [N, D] or [N, S, K], got {tuple(x.shape)}")
     N = x.size(0)
     dev = x.device
+    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name}.x must be finite, got NaN or Inf")
     edge_index = getattr(g, "edge_index", None)
     if edge_index is None:
         edge_index = torch.empty(2, 0, dtype=torch.long, device=dev)
@@ -510,16 +514,16 @@ def _solve_fgw(
             steps += 1
 
         lam = torch.zeros(B, dtype=dtype, device=M0.device)
-        noise = max(1e-3 * outer_tol, 100 * torch.finfo(dtype).eps)
         lam_max = _LAM_MAX * reg  # beyond this a step barely moves; the cap warns instead
         inner_tol = max(tol, 1e-3)
         res = torch.full_like(lam, math.inf)
         err_in = torch.zeros_like(lam)
         res = torch.full_like(lam, math.inf)
-        obj_prev = res_prev = None
+        obj_prev = None
         best = torch.full_like(lam, math.inf)
         since = torch.zeros(B, dtype=torch.long, device=M0.device)
         act = torch.ones(B, dtype=torch.bool, device=M0.device)  # pairs still iterated
+        d_prev: Tensor | None = None
         for _ in range(max_outer):
             M, obj = linearise(P, reg)
             obj = objective(P, obj)
@@ -535,16 +539,7 @@ def _solve_fgw(
                 act = act & ~done_ & (since < _PATIENCE)
                 if not bool(act.any()):
                     break
-                # Objective and step length both rising (beyond what the inner solve's
-                # marginal error explains): the plain step overshoots, the iteration
-                # oscillates; damp that pair more. Otherwise relax the damping.
-                worse = (obj > obj_prev + torch.clamp(err_in, min=noise) * S) & (res > res_prev)
-                half = 0.5 * lam
-                lam = torch.where(
-                    worse, torch.clamp(2.0 * lam, min=reg, max=lam_max),
-                    torch.where(half < 0.25 * reg, 0.0, half),
-                )
-            obj_prev, res_prev = obj, res
+            obj_prev = obj
             # Only the active pairs are solved (converged ones drop out of the batch).
             idx = act.nonzero().squeeze(1)
             Pi, Mi, lam_i = P[idx], M[idx], lam[idx]
@@ -557,7 +552,24 @@ def _solve_fgw(
             init = None if f is None else (f[idx] * scale[:, :, 0], g[idx] * scale[:, 0])
             fr, gr, P_new, _, e_i = solve(M_eff, a[idx], b[idx], reg, init=init,
                                           max_iter=max_iter, tol=inner_tol, method=method)
-            raw = (P_new - Pi).abs().sum((1, 2)) / S[idx]
+            dif = P_new - Pi
+            raw = dif.abs().sum((1, 2)) / S[idx]
+            # Adaptive proximal weight from the last two steps of each pair: successive
+            # steps nu = +-|d_t| / |d_t-1| estimate the damped map's dominant eigenvalue,
+            # mu = (nu (eps + lam) - lam) / eps the plain one; lam = -eps mu cancels an
+            # oscillating mode (mu < 0) to first order; a monotone one needs none.
+            dn = dif.flatten(1).norm(dim=1)
+            if d_prev is not None:
+                dp = d_prev[idx]
+                pn = dp.flatten(1).norm(dim=1)
+                cos = (dif * dp).sum((1, 2)) / (dn * pn).clamp_min(tiny)
+                nu = torch.sign(cos) * dn / pn.clamp_min(tiny)
+                mu = (nu * (reg + lam_i) - lam_i) / reg
+                new_lam = torch.clamp(-reg * mu, min=0.0, max=lam_max)
+                lam = lam.index_copy(0, idx, torch.where(cos.abs() > 0.5, new_lam, lam_i))
+                d_prev = d_prev.index_copy(0, idx, dif)
+            else:
+                d_prev = torch.zeros_like(P).index_copy(0, idx, dif)
             if f is None:
                 f, g = torch.zeros_like(a), torch.zeros_like(b)
             f, g = f.index_copy(0, idx, fr / scale[:, :, 0]), g.index_copy(0, idx, gr / scale[:, 0])
@@ -579,7 +591,8 @@ def _solve_fgw(
     residual = (P_new - P).abs().sum((1, 2)) / S if edges is not None else torch.zeros_like(S)
     err = err / S
     steps += 1
-    bad = (residual > outer_tol) | (err > tol)
+    # 10x slack: the last step's own rounding should not warn.
+    bad = (residual > 10 * outer_tol) | (err > 10 * tol)
     if bool(bad.any()):
         score = torch.maximum(residual / outer_tol, err / tol)
         k = int(score.argmax())
@@ -595,6 +608,27 @@ def _solve_fgw(
     return FGWResult(P_new, f, g, M, steps, residual, err)
 
 
+def _autocast_off(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` with autocast disabled on the device of ``pred.x``.
+
+    Under ``bf16-mixed`` / ``16-mixed`` the matmuls of the Sinkhorn iterations would run
+    in 16 bits and turn every gradient into NaN; the inputs are cast up instead (float32,
+    or float64 if given) by :func:`_read_pair`.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(pred: Any, target: Any, **kwargs: Any) -> Any:
+        x = getattr(pred, "x", None)
+        dev = x.device.type if isinstance(x, Tensor) else "cpu"
+        if torch.is_autocast_enabled(dev):
+            with torch.autocast(device_type=dev, enabled=False):
+                return fn(pred, target, **kwargs)
+        return fn(pred, target, **kwargs)
+
+    return wrapper
+
+
+@_autocast_off
 def structural_loss(
     pred: Any,
     target: Any,
@@ -612,7 +646,7 @@ def structural_loss(
     anneal_iter: int | None = None,
     inner_iter: int = 20,
     max_iter: int = 500,
-    max_outer: int = 50,
+    max_outer: int = 30,
     tol: float | None = None,
     outer_tol: float | None = None,
     method: str = "stabilized",

@@ -15,7 +15,7 @@ from tests.conftest import DEVICES
 GED = dict(alpha=1.0, beta=1.0, gamma=0.0)
 #: A converged solve: no annealing, tight tolerances (for exact-gradient and POT checks).
 CONVERGED = dict(
-    reg_init=None, outer_iter=3000, outer_tol=1e-13, tol=1e-13, max_iter=20_000
+    reg_init=None, max_outer=3000, outer_tol=1e-13, tol=1e-13, max_iter=20_000
 )
 
 
