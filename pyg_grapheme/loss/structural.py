@@ -530,12 +530,14 @@ def _solve_fgw(
             if obj_prev is not None:
                 d_obj = (obj - obj_prev).abs() / S
                 done_ = (res <= outer_tol) & (d_obj <= outer_tol)
-                # A pair whose residual has not halved within `patience` steps has
-                # stalled (a cycle or a slow plateau): it stops taking steps and is
-                # reported by the warning below.
+                # A pair that neither halved its residual nor lowered its objective
+                # (by more than outer_tol) within _PATIENCE steps has stalled (a cycle or
+                # a plateau): it stops taking steps and is reported by the warning. A
+                # pair leaving a saddle (residual growing, objective falling) goes on.
                 improved = res < 0.5 * best
                 best = torch.where(improved, res, best)
-                since = torch.where(improved, 0, since + 1)
+                descent = obj < obj_prev - outer_tol * S
+                since = torch.where(improved | descent, 0, since + 1)
                 act = act & ~done_ & (since < _PATIENCE)
                 if not bool(act.any()):
                     break
