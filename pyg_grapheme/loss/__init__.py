@@ -2,7 +2,13 @@
 
 from pyg_grapheme.loss.clique import clique_loss, clique_statistics
 from pyg_grapheme.loss.sinkhorn import SinkhornOutput, sinkhorn
-from pyg_grapheme.loss.structural import StructuralLoss, node_cost_matrix, structural_loss
+from pyg_grapheme.loss.structural import (
+    FGWResult,
+    StructuralLoss,
+    fgw,
+    node_cost_matrix,
+    structural_loss,
+)
 
 __all__ = [
     "structural_loss",
@@ -12,4 +18,6 @@ __all__ = [
     "clique_loss",
     "clique_statistics",
     "node_cost_matrix",
+    "fgw",
+    "FGWResult",
 ]
