@@ -103,7 +103,10 @@ from pyg_grapheme.loss.sinkhorn import c_transform_cols, c_transform_rows, solve
 
 __all__ = ["structural_loss", "StructuralLoss", "fgw", "FGWResult"]
 
-NODE_COSTS = ("dot", "sqeuclidean", "tv")
+NODE_COSTS = ("dot", "sqeuclidean", "tv", "nll")
+#: Floor of the agreement under the log of ``node_cost="nll"``: a certainly wrong slot
+#: costs -log(1e-6) = 13.8, not ~690 (float64 tiny), so it cannot swamp the alignment.
+NLL_FLOOR = 1e-6
 EDGE_LOSSES = ("l1", "square")
 
 
@@ -248,6 +251,12 @@ def node_cost_matrix(xp: Tensor, xt: Tensor, kind: str = "dot") -> Tensor:
       differ). A batched matmul, no ``[n, m, D]`` intermediate.
     - ``"sqeuclidean"``: :math:`\lVert x - y\rVert^2 / (2D)`.
     - ``"tv"``: :math:`\tfrac12\lVert p - q\rVert_1`.
+    - ``"nll"``: :math:`-\log \max(\langle p, q\rangle, 10^{-6})`, the negative
+      log-likelihood of the target row ``q`` (one-hot) under the predicted distribution
+      ``p`` (probabilities); with slots, the mean over slots (below). Not symmetric: pass
+      predictions as ``xp``. Pair it with ``indel_cost`` of the same scale
+      (:func:`structural_loss` defaults it to :math:`\log K`, the NLL of a uniform
+      prediction).
 
     For slot-structured ``x`` of shape ``[B, n, S, K]`` (``S`` distributions over ``K``
     classes), ``"dot"`` is one minus the geometric mean over slots of the agreement
@@ -258,7 +267,9 @@ def node_cost_matrix(xp: Tensor, xt: Tensor, kind: str = "dot") -> Tensor:
 
     0/1 on one-hot rows; unlike the product, its gradient does not vanish for
     near-uniform predictions. The log is taken of the agreement clamped at a tiny floor
-    (no NaN). The other kinds flatten the slots.
+    (no NaN). ``"nll"`` is
+    :math:`C_{ij} = -\frac1S \sum_s \log \max(\langle p_{is}, q_{js}\rangle, 10^{-6})`.
+    The other kinds flatten the slots.
     """
     if kind not in NODE_COSTS:
         raise ValueError(f"node_cost must be one of {NODE_COSTS}, got {kind!r}")
@@ -267,10 +278,15 @@ def node_cost_matrix(xp: Tensor, xt: Tensor, kind: str = "dot") -> Tensor:
             agree = xp.transpose(1, 2) @ xt.permute(0, 2, 3, 1)  # [B, S, n, m]
             logg = agree.clamp_min(_tiny_agree(agree.dtype)).log().mean(1)
             return 1.0 - logg.exp()
+        if kind == "nll":
+            agree = xp.transpose(1, 2) @ xt.permute(0, 2, 3, 1)  # [B, S, n, m]
+            return -agree.clamp_min(NLL_FLOOR).log().mean(1)
         xp = xp.flatten(2)
         xt = xt.flatten(2)
     if kind == "dot":
         return 1.0 - xp @ xt.transpose(1, 2)
+    if kind == "nll":
+        return -(xp @ xt.transpose(1, 2)).clamp_min(NLL_FLOOR).log()
     if kind == "sqeuclidean":
         D = xp.size(-1)
         sq = (xp * xp).sum(-1).unsqueeze(2) + (xt * xt).sum(-1).unsqueeze(1)
@@ -761,7 +777,7 @@ def structural_loss(
     tol: float | None = None,
     outer_tol: float | None = None,
     method: str = "stabilized",
-    indel_cost: float = 1.0,
+    indel_cost: float | None = None,
 ) -> Tensor | tuple[Tensor, dict[str, Any]]:
     r"""Structural loss between a batch of predicted graphs and a batch of targets.
 
@@ -785,7 +801,7 @@ def structural_loss(
         reg: entropic regularisation :math:`\varepsilon` of the final alignment.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (one value per pair, ``[B]``).
         return_components: also return a dict (below).
-        node_cost: ``"dot"`` (default), ``"sqeuclidean"`` or ``"tv"``; see
+        node_cost: ``"dot"`` (default), ``"sqeuclidean"``, ``"tv"`` or ``"nll"``; see
             :func:`node_cost_matrix`.
         edge_loss: ``"l1"`` (:math:`x + y - 2xy`, default) or ``"square"``.
         outer_iter: sets the annealing phase: ``outer_iter // 2`` linearisation steps
@@ -810,7 +826,9 @@ def structural_loss(
             per call (``RuntimeWarning``, naming the worst pair and its residual) and
             its gradient is that of the returned plan (finite, not exact).
         method: ``"stabilized"`` or ``"log"`` Sinkhorn.
-        indel_cost: cost of inserting or deleting a node (1 = unit-cost GED).
+        indel_cost: cost of inserting or deleting a node; default 1 (unit-cost GED), and
+            :math:`\log K` (the NLL of a uniform prediction over ``K`` classes) for
+            ``node_cost="nll"``.
 
     Returns:
         The loss (scalar, or ``[B]`` for ``reduction="none"``); with
@@ -848,6 +866,8 @@ def structural_loss(
 
     # Augmented cost (autograd through the features) and marginals.
     Csub = node_cost_matrix(p.x, t.x, node_cost)
+    if indel_cost is None:
+        indel_cost = math.log(p.x.size(-1)) if node_cost == "nll" else 1.0
     Ct = F.pad(Csub, (0, 1, 0, 1), value=float(indel_cost))
     dd = torch.zeros(R, C, dtype=torch.bool, device=Ct.device)
     dd[n, m] = True
