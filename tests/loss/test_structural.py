@@ -452,7 +452,8 @@ def test_nll_node_cost_is_the_mean_slot_negative_log_likelihood():
 def test_nll_node_cost_gradcheck_and_log_k_indel_default():
     gen = torch.Generator().manual_seed(12)
     pred = Batch.from_data_list([rand_graph(n, slots=(2, 4), gen=gen) for n in (3, 1, 0)])
-    tgt = Batch.from_data_list([rand_graph(n, slots=(2, 4), gen=gen, soft=False) for n in (2, 2, 1)])
+    tgt = Batch.from_data_list([rand_graph(n, slots=(2, 4), gen=gen, soft=False)
+                                for n in (2, 2, 1)])
     tgt.x = torch.nn.functional.one_hot(tgt.x.argmax(-1), 4).double()
     X = pred.x.clone().requires_grad_()
 
