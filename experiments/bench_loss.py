@@ -19,9 +19,18 @@ against the POT loop of the same table, measured in the same run):
 3. One pair, n = m = 32..2048: time and saved-for-backward memory of our Sinkhorn
    (100 iterations) and of the full loss (defaults), and POT's batched log-domain solver
    with autodiff (up to n = 512) for the memory contrast.
+4. Exactness of the gradient at the defaults (issue 10): relative error of autograd
+   against central finite differences of ``structural_loss`` itself, float64, three
+   predicted chains of 2, 3, 5 nodes (softmax features ``[N, 8, 256]`` or ``[N, 16]``,
+   edge weights in (0.1, 0.9), positive masses) against one-hot chains of 1, 5, 3 nodes;
+   coordinate-wise for edge weights and masses, along 4 random directions for features.
+   And a training-like batch: 32 such chains of 3..19 nodes (byte-head features) against
+   one-hot chains of +-2 nodes, defaults, float32: forward+backward time, linearisation
+   steps, pairs left unconverged.
 
     .venv/bin/python experiments/bench_loss.py            # all tables, ~15 min
     .venv/bin/python experiments/bench_loss.py --table 2 --graph-sizes 5 12
+    .venv/bin/python experiments/bench_loss.py --table 4      # gradient accuracy, ~1 min
 """
 
 from __future__ import annotations
@@ -309,8 +318,9 @@ def table_full(repeats: int, lo: int = 5, hi: int = 60) -> None:
         return res.value * 2, res.value * 2, leaves
 
     methods = {
+        # 5 annealed + 4 stationary-phase steps + the final solve = 10 linearisations.
         "ours: structural_loss, 10 x 100 iterations": ours(outer_iter=outer, inner_iter=inner,
-                                                          max_iter=inner,
+                                                          max_iter=inner, max_outer=outer // 2 - 1,
                                                           tol=0, outer_tol=0),
         "ours: structural_loss, defaults (tolerances)": ours(),
         "POT loop over entropic_fused_gromov_wasserstein2": pot_loop,
@@ -337,7 +347,7 @@ def table_full(repeats: int, lo: int = 5, hi: int = 60) -> None:
     tb64 = tb.clone()
     pb64.x, pb64.edge_weight, tb64.x = pb64.x.double(), pb64.edge_weight.double(), tb.x.double()
     v64, parts64 = structural_loss(
-        pb64, tb64, reduction="none", return_components=True, reg_init=None, outer_iter=200,
+        pb64, tb64, reduction="none", return_components=True, reg_init=None, max_outer=200,
         inner_iter=500, max_iter=5000, tol=1e-8, outer_tol=1e-9, **common,
     )
     ref = fgw_value(v64, parts64)
@@ -397,11 +407,103 @@ def table_scaling(repeats: int, sizes: list[int]) -> None:
                  "POT log autodiff saved MB"))
 
 
+# ------------------------------------------------- table 4: exactness of the gradient
+def chains(sizes: list[int], g: torch.Generator, shape: tuple[int, ...], soft: bool,
+           dtype: torch.dtype = torch.float64) -> Batch:
+    """Chains with softmax features, soft edges and masses (soft) or one-hot labels."""
+    out = []
+    for n in sizes:
+        ei = torch.stack([torch.arange(n - 1), torch.arange(1, n)]) if n > 1 else \
+            torch.empty(2, 0, dtype=torch.long)
+        if soft:
+            out.append(Data(x=torch.randn(n, *shape, generator=g, dtype=dtype).softmax(-1),
+                            edge_index=ei,
+                            edge_weight=torch.rand(ei.size(1), generator=g, dtype=dtype) * 0.8
+                            + 0.1,
+                            node_weight=torch.rand(n, generator=g, dtype=dtype) * 0.8 + 0.4,
+                            num_nodes=n))
+        else:
+            lab = torch.randint(0, shape[-1], (n, *shape[:-1]), generator=g)
+            out.append(Data(x=torch.nn.functional.one_hot(lab, shape[-1]).to(dtype),
+                            edge_index=ei, num_nodes=n))
+    return Batch.from_data_list(out)
+
+
+def fd_errors(pred: Batch, tgt: Batch, h: float = 1e-6, **kw) -> dict[str, float]:
+    """Relative error of autograd vs central differences of the loss, per input field."""
+    names = ("x", "edge_weight", "node_weight")
+    g = torch.Generator().manual_seed(1)
+
+    def loss(**over: torch.Tensor) -> torch.Tensor:
+        p = pred.clone()
+        for k, v in over.items():
+            p[k] = v
+        return structural_loss(p, tgt, **kw)
+
+    leaves = {k: pred[k].clone().requires_grad_() for k in names}
+    loss(**leaves).backward()
+    out = {}
+    for k in names:
+        v = pred[k]
+        if v.numel() <= 64:
+            dirs = list(torch.eye(v.numel(), dtype=v.dtype).view(-1, *v.shape))
+        else:
+            dirs = [torch.randn(v.shape, generator=g, dtype=v.dtype) for _ in range(4)]
+        fd = torch.stack([(loss(**{k: v + h * d}) - loss(**{k: v - h * d})) / (2 * h)
+                          for d in dirs])
+        an = torch.stack([(leaves[k].grad * d).sum() for d in dirs])
+        out[k] = float((an - fd).norm() / fd.norm())
+    return out
+
+
+def table_gradient(repeats: int) -> None:
+    rows = []
+    for shape in ((8, 256), (16,)):
+        for kw in ({}, {"beta": 0.0}):
+            g = torch.Generator().manual_seed(0)
+            pred = chains([2, 3, 5], g, shape, soft=True)
+            tgt = chains([1, 5, 3], g, shape, soft=False)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                e = fd_errors(pred, tgt, **kw)
+            rows.append((f"x {list(shape)}, {kw or 'defaults'}", f"{e['x']:.1e}",
+                         f"{e['edge_weight']:.1e}", f"{e['node_weight']:.1e}",
+                         len([w for w in caught if "converge" in str(w.message)])))
+    print("\n### 4a. Gradient vs central finite differences of the loss, float64, defaults")
+    table(rows, ("features, arguments", "rel. err x", "rel. err edge_weight",
+                 "rel. err node_weight", "non-convergence warnings"))
+    g = torch.Generator().manual_seed(0)
+    sizes = [int(v) for v in torch.randint(3, 20, (32,), generator=g)]
+    tsizes = [max(1, s + int(d)) for s, d in
+              zip(sizes, torch.randint(-2, 3, (32,), generator=g), strict=True)]
+    pred = chains(sizes, g, (8, 256), soft=True, dtype=torch.float32)
+    tgt = chains(tsizes, g, (8, 256), soft=False, dtype=torch.float32)
+    info: dict = {}
+
+    def run() -> None:
+        p = pred.clone()
+        p.x.requires_grad_()
+        p.edge_weight.requires_grad_()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss, parts = structural_loss(p, tgt, return_components=True)
+            loss.backward()
+        info["steps"] = parts["outer_iter"]
+        info["warn"] = [str(w.message)[:120] for w in caught]
+
+    t = interleaved({"defaults": run}, repeats)
+    print("\n### 4b. Training-like batch: 32 chains of 3..19 nodes, [N, 8, 256], float32, "
+          "defaults, forward+backward")
+    table([("defaults", f"{1e3 * t['defaults']:.0f}", info["steps"],
+            "; ".join(info["warn"]) or "none")],
+          ("setting", "ms (median)", "linearisation steps", "warning"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--table", type=int, action="append", choices=[1, 2, 3])
+    ap.add_argument("--table", type=int, action="append", choices=[1, 2, 3, 4])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
     ap.add_argument("--graph-sizes", type=int, nargs=2, default=[5, 60], metavar=("LO", "HI"),
                     help="node counts of table 2 (POT's entropic FGW is correct up to ~12)")
@@ -409,13 +511,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, POT {ot.__version__}, torch threads: "
           f"{torch.get_num_threads()}, repeats: {args.repeats}")
-    tables = args.table or [1, 2, 3]
+    tables = args.table or [1, 2, 3, 4]
     if 1 in tables:
         table_sinkhorn(args.repeats)
     if 2 in tables:
         table_full(args.repeats, *args.graph_sizes)
     if 3 in tables:
         table_scaling(max(1, args.repeats // 2), args.sizes)
+    if 4 in tables:
+        table_gradient(args.repeats)
 
 
 if __name__ == "__main__":

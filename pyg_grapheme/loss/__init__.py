@@ -1,9 +1,16 @@
-"""pyg_grapheme.loss: the structural graph-to-graph loss and its batched Sinkhorn solver."""
+"""pyg_grapheme.loss: the structural graph-to-graph loss (batched Sinkhorn and fused-GW
+solvers) and the exact segmentation likelihood of chains."""
 
 from pyg_grapheme.loss.clique import clique_loss, clique_statistics
 from pyg_grapheme.loss.segmentation import segmentation_log_likelihood, segmentation_nll
 from pyg_grapheme.loss.sinkhorn import SinkhornOutput, sinkhorn
-from pyg_grapheme.loss.structural import StructuralLoss, node_cost_matrix, structural_loss
+from pyg_grapheme.loss.structural import (
+    FGWResult,
+    StructuralLoss,
+    fgw,
+    node_cost_matrix,
+    structural_loss,
+)
 
 __all__ = [
     "structural_loss",
@@ -15,4 +22,6 @@ __all__ = [
     "node_cost_matrix",
     "segmentation_log_likelihood",
     "segmentation_nll",
+    "fgw",
+    "FGWResult",
 ]

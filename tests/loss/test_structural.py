@@ -15,7 +15,7 @@ from tests.conftest import DEVICES
 GED = dict(alpha=1.0, beta=1.0, gamma=0.0)
 #: A converged solve: no annealing, tight tolerances (for exact-gradient and POT checks).
 CONVERGED = dict(
-    reg_init=None, outer_iter=3000, outer_tol=1e-13, tol=1e-13, max_iter=20_000
+    reg_init=None, max_outer=3000, outer_tol=1e-13, tol=1e-13, max_iter=20_000
 )
 
 
@@ -298,7 +298,7 @@ def test_two_thousand_node_pair_is_finite():
     pred = Data(x=torch.rand(n, 4, generator=gen).softmax(-1), edge_index=chain_edges,
                 edge_weight=torch.rand(n - 1, generator=gen), node_weight=torch.ones(n))
     tgt = Data(x=torch.eye(4)[torch.randint(0, 4, (n,), generator=gen)], edge_index=chain_edges)
-    _grads_finite(pred, tgt, outer_iter=2, max_iter=20)
+    _grads_finite(pred, tgt, outer_iter=2, max_outer=2, max_iter=20)
 
 
 def test_slot_cost_is_zero_one_on_one_hot_rows_and_alive_for_uniform():
@@ -429,3 +429,45 @@ def test_plan_cross_entropy_on_a_hard_alignment():
                                Data(x=target, edge_index=g.edge_index), return_components=True)
     torch.testing.assert_close(parts["plan_cross_entropy"](slots, target), expected,
                                atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------- node_cost="nll"
+def test_nll_node_cost_is_the_mean_slot_negative_log_likelihood():
+    gen = torch.Generator().manual_seed(11)
+    p = torch.rand(1, 3, 2, 5, generator=gen, dtype=torch.float64).softmax(-1)  # [B,n,S,K]
+    labels = torch.tensor([[1, 4], [0, 0]])
+    q = torch.nn.functional.one_hot(labels, 5).double()[None]  # [1, 2, S, K]
+    C = node_cost_matrix(p, q, "nll")[0]
+    for i in range(3):
+        for j in range(2):
+            nll = -torch.log(p[0, i, torch.arange(2), labels[j]]).mean()
+            torch.testing.assert_close(C[i, j], nll)
+    flat = node_cost_matrix(p[:, :, 0], q[:, :, 0], "nll")[0]
+    torch.testing.assert_close(flat, -torch.log(p[0, :, 0][:, labels[:, 0]]))
+    # A certainly wrong prediction is floored at -log(1e-6), not at float64's tiny.
+    assert float(node_cost_matrix(q, q[:, [1, 0]], "nll").max()) == pytest.approx(
+        -math.log(1e-6))
+
+
+def test_nll_node_cost_gradcheck_and_log_k_indel_default():
+    gen = torch.Generator().manual_seed(12)
+    pred = Batch.from_data_list([rand_graph(n, slots=(2, 4), gen=gen) for n in (3, 1, 0)])
+    tgt = Batch.from_data_list([rand_graph(n, slots=(2, 4), gen=gen, soft=False)
+                                for n in (2, 2, 1)])
+    tgt.x = torch.nn.functional.one_hot(tgt.x.argmax(-1), 4).double()
+    X = pred.x.clone().requires_grad_()
+
+    def f(X):
+        p = pred.clone()
+        p.x = X
+        return structural_loss(p, tgt, node_cost="nll")
+
+    assert torch.autograd.gradcheck(f, (X,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+    # indel_cost defaults to log K for "nll": a perfect prediction plus one extra
+    # isolated node costs log K (deletion), as the explicit value does.
+    g = labelled([0, 1, 2], [])
+    h = labelled([0, 1, 2, 3], [])
+    kw = dict(node_cost="nll", **GED)
+    assert float(structural_loss(h, g, **kw)) == pytest.approx(math.log(4), abs=0.02)
+    assert float(structural_loss(h, g, **kw)) == pytest.approx(
+        float(structural_loss(h, g, indel_cost=math.log(4), **kw)))
