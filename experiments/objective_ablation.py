@@ -23,6 +23,7 @@ checkpoint), test exact match.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -71,8 +72,11 @@ def kindergarten_epochs(kwargs: dict, epochs: int, root: Path) -> tuple[int | No
         trainer.fit(module, datamodule=data)
     except FloatingPointError as err:
         print(f"  diverged: {err}", flush=True)
-    metrics = trainer.logger.experiment.metrics
-    exact = [(m["epoch"] + 1, m["val_exact_match"]) for m in metrics if "val_exact_match" in m]
+    trainer.logger.save()
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    exact = [(int(r["epoch"]) + 1, float(r["val_exact_match"])) for r in rows
+             if r.get("val_exact_match")]
     first = next((e for e, v in exact if v >= 1.0 - 1e-6), None)
     return first, max((v for _, v in exact), default=0.0)
 
@@ -80,13 +84,13 @@ def kindergarten_epochs(kwargs: dict, epochs: int, root: Path) -> tuple[int | No
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="kindergarten,math1")
-    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--objectives", default=";".join(OBJECTIVES), help="names, ;-separated")
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--budget-s", type=float, default=240)
     ap.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    names = [n.strip() for n in args.objectives.split(",") if n.strip()]
+    names = [n.strip() for n in args.objectives.split(";") if n.strip()]
     tasks = args.tasks.split(",")
     rows = []
     for name in names:
