@@ -29,9 +29,10 @@ import itertools
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from pyg_grapheme._io import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -129,22 +130,6 @@ def _dumps(records: list[dict]) -> bytes:
     # Compact separators and key order as in the prototype's files; one record a line.
     lines = (json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in records)
     return "".join(lines).encode("utf-8")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and
-    :func:`os.replace`, so readers see the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_curriculum(

@@ -257,6 +257,16 @@ class KindergartenDataset(TextPairDataset):
                          **kwargs)
 
 
+def _generated(root, base: str, sizes: tuple, default: tuple, write) -> tuple[str, Path]:
+    """Folder name and ``raw/`` folder of a generated dataset (``-sizes..`` appended for
+    non-default sizes), its split files written once by ``write(raw)``."""
+    folder = base if sizes == tuple(default) else base + "-sizes" + "_".join(map(str, sizes))
+    raw = Path(root) / "raw" / folder
+    if not all((raw / f"{s}.jsonl").exists() for s in SPLITS):
+        write(raw)
+    return folder, raw
+
+
 class MathCurriculumDataset(TextPairDataset):
     """One split of the seeded math curriculum (:mod:`pyg_grapheme.data.curriculum`).
 
@@ -289,12 +299,8 @@ class MathCurriculumDataset(TextPairDataset):
         if level not in DEFAULT_SIZES:
             raise ValueError(f"unknown curriculum level {level!r}; known: {list(DEFAULT_SIZES)}")
         sizes = tuple(DEFAULT_SIZES[level] if sizes is None else sizes)
-        folder = f"math{level}-seed{seed}"
-        if sizes != DEFAULT_SIZES[level]:
-            folder += "-sizes" + "_".join(map(str, sizes))
-        raw = Path(root) / "raw" / folder
-        if not all((raw / f"{s}.jsonl").exists() for s in SPLITS):
-            write_curriculum(raw, level, seed, sizes)
+        folder, raw = _generated(root, f"math{level}-seed{seed}", sizes, DEFAULT_SIZES[level],
+                                 lambda raw: write_curriculum(raw, level, seed, sizes))
         self.level, self.split, self.seed = level, split, seed
         kwargs.setdefault("name", f"{folder}-{split}")
         super().__init__(root, raw / f"{split}.jsonl", transform, pre_transform, pre_filter,
@@ -335,12 +341,8 @@ class TaskDataset(TextPairDataset):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         sizes = tuple(DEFAULT_TASK_SIZES if sizes is None else sizes)
-        folder = f"{task}-seed{seed}"
-        if sizes != DEFAULT_TASK_SIZES:
-            folder += "-sizes" + "_".join(map(str, sizes))
-        raw = Path(root) / "raw" / folder
-        if not all((raw / f"{s}.jsonl").exists() for s in SPLITS):
-            write_task(raw, task, seed, sizes)
+        folder, raw = _generated(root, f"{task}-seed{seed}", sizes, DEFAULT_TASK_SIZES,
+                                 lambda raw: write_task(raw, task, seed, sizes))
         self.task, self.split, self.seed = task, split, seed
         kwargs.setdefault("name", f"{folder}-{split}")
         super().__init__(root, raw / f"{split}.jsonl", transform, pre_transform, pre_filter,

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +13,16 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pyg_grapheme._io import atomic_write_bytes
+
 _CURVES = (
     ("train_loss", "train loss"),
+    ("train_segmentation_nll", "train segmentation NLL"),
     ("val_loss", "val loss"),
     ("train_node", "train node term"),
     ("train_edge", "train edge term"),
     ("train_clique", "train clique term"),
 )
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is never a truncated file: a temporary
-    file in the same folder (same filesystem), flushed and fsynced, then :func:`os.replace`.
-    On any error (a full disk, an interrupt) the temporary file is removed and ``path``
-    keeps its previous content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        if isinstance(err, OSError) and err.errno is not None and not err.filename:
-            raise OSError(err.errno, err.strerror or str(err), os.fspath(path)) from err
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` into a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -154,11 +107,13 @@ class TrainingReport(Callback):
         if trainer.global_rank != 0:
             return
         out = self.out_dir(trainer)
-        _atomic_write(out / "curves.png", lambda p: self.plot(p))
+        png = io.BytesIO()
+        self.plot(png)
+        atomic_write_bytes(out / "curves.png", png.getvalue())
         rows = getattr(pl_module, "examples", [])
         if rows:
             table = answer_table(rows)
-            _atomic_write(out / "answers.md", lambda p: Path(p).write_text(table))
+            atomic_write_bytes(out / "answers.md", table.encode("utf-8"))
             if self.print_table:
                 lines = table.splitlines()
                 print("\n".join(lines[: self.max_rows + 2]))
@@ -166,7 +121,7 @@ class TrainingReport(Callback):
                 print(f"\nexact match: {exact:.3f} ({sum(a == t for _, a, t in rows)}/{len(rows)})")
         print(f"curves: {out / 'curves.png'}")
 
-    def plot(self, path: str) -> None:
+    def plot(self, path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
