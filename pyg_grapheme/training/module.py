@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
@@ -14,7 +15,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 from torchmetrics.text import CharErrorRate
 
-from pyg_grapheme.data.graphemes import graphs_to_texts
+from pyg_grapheme.data.graphemes import GRAPHEME_WIDTH, graphs_to_texts
 from pyg_grapheme.data.pair import split_pair_batch
 from pyg_grapheme.loss import segmentation_nll, structural_loss
 from pyg_grapheme.nn.head import one_hot_bytes
@@ -300,6 +301,7 @@ def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:
         lengths = torch.diff(slices["x_t"]).tolist()
     else:
         lengths = [int(d.x_t.size(0)) for d in dataset]
+    _warn_wide_graphemes(dataset, split)
     bad = [(i, m) for i, m in enumerate(lengths) if m > cap or m == 0]
     if not bad:
         return
@@ -311,3 +313,24 @@ def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:
         "or drop those pairs"
     )
 
+
+def _warn_wide_graphemes(dataset, split: str) -> None:
+    """Warn (once per split, naming pairs) about answers with graphemes of more than
+    ``GRAPHEME_WIDTH`` UTF-8 bytes: the byte head has that many slots, so such a grapheme
+    (a ZWJ family, an Indic conjunct, a subdivision flag) can only come out truncated."""
+    data = getattr(dataset, "_data", None)
+    if data is None or getattr(data, "grapheme_len_t", None) is None:
+        return
+    wide = data.grapheme_len_t > GRAPHEME_WIDTH
+    if not bool(wide.any()):
+        return
+    slices = dataset.slices["grapheme_len_t"]
+    pairs = torch.unique(torch.bucketize(wide.nonzero().view(-1), slices[1:], right=True))
+    shown = ", ".join(f"#{int(i)}" for i in pairs[:5])
+    more = f" and {pairs.numel() - 5} more" if pairs.numel() > 5 else ""
+    warnings.warn(
+        f"{pairs.numel()} {split} pair(s) have answer graphemes of more than {GRAPHEME_WIDTH} "
+        f"UTF-8 bytes ({shown}{more}); the byte head has {GRAPHEME_WIDTH} slots, so those "
+        "graphemes can only be produced truncated",
+        stacklevel=2,
+    )

@@ -106,3 +106,16 @@ def test_gradients_are_clipped_by_default(tmp_path):
     trainer.fit(module, datamodule=data)
     assert norms["before"] > 0.5
     assert norms["after"] == pytest.approx(0.5, rel=1e-4)
+
+
+def test_answers_with_graphemes_wider_than_the_head_are_named(tmp_path):
+    from pyg_grapheme.data import TextPairDataset
+    from pyg_grapheme.training.module import check_answer_lengths
+
+    path = tmp_path / "wide.jsonl"
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # one grapheme, 18 bytes
+    path.write_text(f'{{"input": "a", "target": "ok"}}\n{{"input": "b", "target": "{family}"}}\n',
+                    encoding="utf-8")
+    data = TextPairDataset(tmp_path / "cache", path)
+    with pytest.warns(UserWarning, match=r"1 train pair\(s\) .* more than 8 UTF-8 bytes \(#1\)"):
+        check_answer_lengths(data, 8)
