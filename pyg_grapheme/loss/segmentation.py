@@ -95,6 +95,15 @@ def segmentation_log_likelihood(
     if num_graphs is None:
         num_graphs = int(max(batch.max() if batch.numel() else -1,
                              target_batch.max() if target_batch.numel() else -1)) + 1
+    # Under mixed precision the sums over a canvas lose too much in bf16/fp16: float32 at
+    # least, outside autocast.
+    dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    with torch.autocast(log_probs.device.type, enabled=False):
+        return _forward(log_probs.to(dtype), batch, merge_logit.to(dtype), target,
+                        target_batch, num_graphs)
+
+
+def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs):
     B = num_graphs
     dev, dtype = log_probs.device, log_probs.dtype
     t_len = torch.bincount(batch, minlength=B)
@@ -110,7 +119,7 @@ def segmentation_log_likelihood(
     onehot = F.one_hot(target.long(), K).to(dtype).flatten(1)
     yt = to_dense_batch(onehot, target_batch, batch_size=B, max_num_nodes=M)[0]
     emit = lp @ yt.transpose(1, 2)  # [B, T, M]
-    z = _dense_chain_logits(merge_logit.to(dtype), batch, B, T)
+    z = _dense_chain_logits(merge_logit, batch, B, T)
     log_merge, log_cut = F.logsigmoid(z), F.logsigmoid(-z)
     # A large finite "impossible" keeps logaddexp's gradient finite (-inf - -inf is nan).
     neg = torch.finfo(dtype).min / 4

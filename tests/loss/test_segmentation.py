@@ -106,3 +106,12 @@ def test_learning_the_threshold_direction():
         target = torch.zeros(M, 1, dtype=torch.long)
         segmentation_nll(lp, batch, z, target, torch.zeros(M, dtype=torch.long), 1).backward()
         assert (torch.sign(z.grad) == sign).all(), (M, z.grad)
+
+
+def test_mixed_precision_is_computed_in_float32():
+    lp, batch, z, target, tbatch = make([5, 3], [2, 3], dtype=torch.float32)
+    want = segmentation_log_likelihood(lp, batch, z, target, tbatch, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = segmentation_log_likelihood(lp.bfloat16(), batch, z.bfloat16(), target, tbatch, 2)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert torch.allclose(got, want, rtol=2e-2)

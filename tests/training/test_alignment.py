@@ -119,3 +119,23 @@ def test_answers_with_graphemes_wider_than_the_head_are_named(tmp_path):
     data = TextPairDataset(tmp_path / "cache", path)
     with pytest.warns(UserWarning, match=r"1 train pair\(s\) .* more than 8 UTF-8 bytes \(#1\)"):
         check_answer_lengths(data, 8)
+
+
+def test_bf16_mixed_precision_trains_with_finite_losses(tmp_path):
+    """Issue 16: --trainer.precision bf16-mixed used to give NaN gradients after step 1."""
+    import lightning as L
+
+    from pyg_grapheme.training import GraphemeDataModule
+
+    L.seed_everything(0)
+    module = GraphemeModule(hidden=16, heads=2, max_answer_length=16, num_examples=0)
+    data = GraphemeDataModule(train_file="kindergarten", batch_size=32,
+                              root=str(tmp_path / "cache"))
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", precision="bf16-mixed",
+                        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    losses = trainer.logged_metrics
+    assert torch.isfinite(losses["train_loss"]) and torch.isfinite(losses["val_loss"])
+    assert all(torch.isfinite(p).all() for p in module.parameters())
