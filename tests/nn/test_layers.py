@@ -41,9 +41,20 @@ def test_encoder_unseen_grapheme_and_position():
     assert "GraphemeEncoder(16" in repr(enc)
 
 
+def test_encoder_positions_past_the_table_warn_and_share_the_last():
+    enc = GraphemeEncoder(8, max_positions=4)
+    x = text_to_graph("abcdefg").x
+    with pytest.warns(UserWarning, match="max_positions=4"):
+        h = enc(x)
+    # 'a' at 0 and 'a'... positions 3..6 share row 3: equal bytes would give equal vectors
+    same = text_to_graph("aaaaaaa").x
+    h = enc(same)
+    assert torch.allclose(h[3], h[6]) and not torch.allclose(h[0], h[3])
+
+
 def test_encoder_gradcheck_float64():
     torch.manual_seed(0)
-    enc = GraphemeEncoder(8, byte_dim=4, pos_dim=4).double()
+    enc = GraphemeEncoder(8, max_positions=8).double()
     x = text_to_graph("hi!").x
     names, params = zip(*enc.named_parameters(), strict=True)
 

@@ -78,7 +78,8 @@ def test_end_to_end_gradient_matches_finite_differences():
     net.zero_grad()
     loss().backward()
     params = dict(net.named_parameters())
-    names = ["encoder.byte_proj.weight", "enc.0.conv.lin_fwd.weight", "enc.1.attn.in_proj_weight",
+    names = ["encoder.byte_emb.weight", "encoder.pos_emb.weight", "enc.0.conv.lin_fwd.weight",
+             "enc.1.attn.in_proj_weight",
              "slots.weight", "dec.0.multihead_attn.in_proj_weight", "local.1.lin_bwd.weight",
              "pool.proj.weight", "pool.theta", "head.lin2.bias"]
     gen = torch.Generator().manual_seed(0)
