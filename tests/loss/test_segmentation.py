@@ -115,3 +115,41 @@ def test_mixed_precision_is_computed_in_float32():
         got = segmentation_log_likelihood(lp.bfloat16(), batch, z.bfloat16(), target, tbatch, 2)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert torch.allclose(got, want, rtol=2e-2)
+
+
+def test_threshold_gradient_agrees_with_finite_differences_on_24_chains():
+    """Issue 10 item 4: d loss / d theta of the training loss on 24 chain cases (lengths
+    3-8, targets of 1..T graphemes, features near or far from merging), float64: the
+    pool's exact gradient, so the sign agrees in 24/24 and the value to 1e-6."""
+    from pyg_grapheme.nn import ThresholdMergePool
+
+    agree = 0
+    for case in range(24):
+        g = torch.Generator().manual_seed(case)
+        T = 3 + case % 6
+        M = 1 + (case * 7) % T
+        pool = ThresholdMergePool(6, similarity="half_cosine", proj_channels=4,
+                                  threshold=0.2 + 0.6 * torch.rand((), generator=g).item())
+        pool = pool.double()
+        x = torch.randn(T, 6, generator=g, dtype=torch.float64) * (0.2 if case % 2 else 2.0)
+        ei = torch.stack([torch.arange(T - 1), torch.arange(1, T)])
+        lp = torch.randn(T, 2, 3, generator=g, dtype=torch.float64).log_softmax(-1)
+        target = torch.randint(0, 3, (M, 2), generator=g)
+        batch, tbatch = torch.zeros(T, dtype=torch.long), torch.zeros(M, dtype=torch.long)
+
+        def loss(pool=pool, x=x, ei=ei, lp=lp, batch=batch, target=target, tbatch=tbatch):
+            return segmentation_nll(lp, batch, pool.merge_logits(x, ei), target, tbatch, 1)
+
+        pool.zero_grad()
+        loss().backward()
+        grad = pool.theta.grad.item()
+        with torch.no_grad():
+            pool.theta += 1e-6
+            up = loss().item()
+            pool.theta -= 2e-6
+            down = loss().item()
+            pool.theta += 1e-6
+        fd = (up - down) / 2e-6
+        assert fd == pytest.approx(grad, rel=1e-6, abs=1e-9), (case, fd, grad)
+        agree += (fd > 0) == (grad > 0)
+    assert agree == 24
