@@ -18,47 +18,6 @@ from pyg_grapheme.nn.head import ByteHead, decode_slots
 from pyg_grapheme.nn.merge_pool import ThresholdMergePool
 
 
-def reading_order_edges(batch: Tensor, distances: Sequence[int]) -> Tensor:
-    """Edges ``i -> i + d`` and ``i + d -> i`` inside each graph, for every ``d``.
-
-    Assumes each graph's nodes are stored contiguously in reading order (what
-    :func:`~pyg_grapheme.text_to_graph` and PyG batching give). ``O(N * len(distances))``.
-    """
-    n = batch.numel()
-    parts = []
-    for d in distances:
-        src = torch.arange(max(n - d, 0), device=batch.device)
-        keep = batch[src] == batch[src + d] if n > d else src.bool()
-        src = src[keep]
-        parts += [torch.stack([src, src + d]), torch.stack([src + d, src])]
-    if not parts:
-        return torch.zeros(2, 0, dtype=torch.long, device=batch.device)
-    return torch.cat(parts, dim=1)
-
-
-def bipartite_complete(
-    src_batch: Tensor, dst_batch: Tensor, num_graphs: int | None = None
-) -> Tensor:
-    """Edges from every source node to every target node of the same graph, ``[2, E]``
-    with ``E = sum_g n_g m_g`` (source ids index ``src_batch``, target ids ``dst_batch``).
-
-    Both batch vectors must be sorted (PyG's layout). Built without a Python loop; pass
-    ``num_graphs`` to skip reading it off the device.
-    """
-    device = src_batch.device
-    if num_graphs is None:
-        num_graphs = int(max(src_batch.max().item() if src_batch.numel() else -1,
-                             dst_batch.max().item() if dst_batch.numel() else -1)) + 1
-    n_src = torch.bincount(src_batch, minlength=num_graphs)
-    start = n_src.cumsum(0) - n_src
-    rep = n_src[dst_batch]  # each target node meets every source node of its graph
-    dst = torch.arange(dst_batch.numel(), device=device).repeat_interleave(rep)
-    block = rep.cumsum(0) - rep
-    offset = torch.arange(dst.numel(), device=device) - block.repeat_interleave(rep)
-    src = start[dst_batch].repeat_interleave(rep) + offset
-    return torch.stack([src, dst])
-
-
 class GraphTransformNet(nn.Module):
     r"""Turn a batch of text graphs into a batch of answer graphs.
 
