@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -24,41 +23,6 @@ def node_positions(num_nodes: int, batch: Tensor | None, ptr: Tensor | None = No
     first = torch.full((int(batch.max()) + 1,), num_nodes, dtype=torch.long, device=idx.device)
     first = first.scatter_reduce(0, batch, idx, reduce="amin")
     return idx - first[batch]
-
-
-def sinusoid(pos: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal code of (possibly fractional) positions, ``[N] -> [N, dim]``."""
-    half = dim // 2
-    freq = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=pos.device, dtype=torch.float) / half
-    )
-    angle = pos.float()[:, None] * freq[None, :]
-    return torch.cat([angle.sin(), angle.cos()], dim=-1)
-
-
-class ChainPosition(nn.Module):
-    r"""Learned projection of each node's absolute and relative reading-order position,
-    :math:`\mathbf{P}\,[\mathrm{sin}(i) \,\|\, \mathrm{sin}(64\, i / n_{g(i)})]`
-    (``[N] -> [N, channels]``; see :func:`node_positions` for the layout it assumes)."""
-
-    def __init__(self, channels: int, pos_dim: int = 32) -> None:
-        super().__init__()
-        self.pos_dim = pos_dim
-        self.lin = nn.Linear(2 * pos_dim, channels)
-
-    def reset_parameters(self) -> None:
-        self.lin.reset_parameters()
-
-    def forward(self, batch: Tensor | None, num_nodes: int) -> Tensor:
-        n = num_nodes
-        pos = node_positions(n, batch)
-        if batch is None:
-            size = torch.full_like(pos, max(n, 1))
-        else:
-            size = torch.bincount(batch, minlength=int(batch.max()) + 1 if n else 0)[batch]
-        rel = 64.0 * pos.float() / size.clamp_min(1).float()
-        code = torch.cat([sinusoid(pos, self.pos_dim), sinusoid(rel, self.pos_dim)], dim=-1)
-        return self.lin(code.to(self.lin.weight.dtype))
 
 
 class GraphemeEncoder(nn.Module):

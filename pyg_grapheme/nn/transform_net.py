@@ -185,9 +185,9 @@ class GraphTransformNet(nn.Module):
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
         for local, layer in zip(self.local, self.dec, strict=True):
             c = local(c, cchain)
-            cd, mask = to_dense_batch(c, cvec, batch_size=num_graphs)
-            cd = layer(cd, mem, tgt_key_padding_mask=~mask, memory_key_padding_mask=~mem_mask)
-            c = cd[mask]
+            # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
+            cd = layer(c.view(num_graphs, T, -1), mem, memory_key_padding_mask=~mem_mask)
+            c = cd.reshape(num_graphs * T, -1)
         c = self.dec_norm(c)
         log_probs = self.head(c).log_softmax(dim=-1)
         z = self.pool.merge_logits(c, cchain)
