@@ -27,11 +27,14 @@ class DAGConv(MessagePassing):
     where :math:`\mathcal{N}^{-}(i)` are the sources of edges into :math:`i`,
     :math:`\mathcal{N}^{+}(i)` the targets of edges out of it, and :math:`w` optional edge
     weights (1 when absent): a soft pooled edge passes a soft message and a gradient.
-    The residual and LayerNorm keep deep stacks trainable.
+    The residual and LayerNorm keep deep stacks trainable. With ``residual=False`` the
+    layer returns the branch :math:`\mathrm{GELU}(\cdots)` alone, for pre-LN blocks that
+    add it to their own residual stream (:math:`\mathbf{h} + f(\mathrm{LN}(\mathbf{h}))`).
 
     Args:
-        channels: input and output size (the update is residual).
+        channels: input and output size.
         backward: also pass messages against edge direction (default ``True``).
+        residual: add the input and normalise (default ``True``).
         **kwargs: :class:`~torch_geometric.nn.conv.MessagePassing` options.
 
     Shapes:
@@ -40,16 +43,18 @@ class DAGConv(MessagePassing):
         - **output:** node features ``[N, channels]``
     """
 
-    def __init__(self, channels: int, backward: bool = True, **kwargs) -> None:
+    def __init__(self, channels: int, backward: bool = True, residual: bool = True,
+                 **kwargs) -> None:
         kwargs.setdefault("aggr", "mean")
         super().__init__(**kwargs)
         self.channels = channels
         self.backward = backward
+        self.residual = residual
         self.lin_self = nn.Linear(channels, channels)
         self.lin_fwd = nn.Linear(channels, channels, bias=False)
         self.lin_bwd = nn.Linear(channels, channels, bias=False) if backward else None
         self.act = nn.GELU()
-        self.norm = nn.LayerNorm(channels)
+        self.norm = nn.LayerNorm(channels) if residual else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -58,7 +63,8 @@ class DAGConv(MessagePassing):
         self.lin_fwd.reset_parameters()
         if self.lin_bwd is not None:
             self.lin_bwd.reset_parameters()
-        self.norm.reset_parameters()
+        if self.norm is not None:
+            self.norm.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None) -> Tensor:
         out = self.lin_self(x) + self.propagate(
@@ -68,10 +74,13 @@ class DAGConv(MessagePassing):
             out = out + self.propagate(
                 edge_index.flip(0), x=self.lin_bwd(x), edge_weight=edge_weight
             )
+        if self.norm is None:
+            return self.act(out)
         return self.norm(x + self.act(out))
 
     def message(self, x_j: Tensor, edge_weight: OptTensor) -> Tensor:
         return x_j if edge_weight is None else edge_weight.view(-1, 1) * x_j
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.channels}, backward={self.backward})"
+        extra = "" if self.residual else ", residual=False"
+        return f"{self.__class__.__name__}({self.channels}, backward={self.backward}{extra})"

@@ -89,6 +89,9 @@ class GraphTransformNet(nn.Module):
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
         max_input_length: int = 4096,
+        block: str = "gps",
+        local_conv: bool = True,
+        local_gate: float | None = None,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -98,15 +101,29 @@ class GraphTransformNet(nn.Module):
         self.hidden = hidden
         self.max_answer_length = max_answer_length
         self.max_input_length = max_input_length
+        if block not in ("gps", "pre_ln"):
+            raise ValueError(f"block must be 'gps' or 'pre_ln', got {block!r}")
+        self.block = block
         self.encoder = GraphemeEncoder(hidden)
-        self.enc = nn.ModuleList(
-            GPSConv(hidden, DAGConv(hidden), heads=heads, dropout=dropout, act="gelu",
-                    norm="layer_norm", norm_kwargs={"mode": "node"})
-            for _ in range(encoder_layers)
-        )
+        if block == "gps":
+            self.enc = nn.ModuleList(
+                GPSConv(hidden, DAGConv(hidden), heads=heads, dropout=dropout, act="gelu",
+                        norm="layer_norm", norm_kwargs={"mode": "node"})
+                for _ in range(encoder_layers)
+            )
+        else:
+            self.enc = nn.ModuleList(
+                PreNormBlock(hidden, heads, ff_mult, dropout, local=local_conv, gate=local_gate)
+                for _ in range(encoder_layers)
+            )
+        self.enc_norm = nn.LayerNorm(hidden) if block == "pre_ln" else nn.Identity()
         self.slots = nn.Embedding(max_answer_length, hidden)
         self.canvas_norm = nn.LayerNorm(hidden)
-        self.local = nn.ModuleList(DAGConv(hidden) for _ in range(decoder_layers))
+        pre = block == "pre_ln"
+        self.local = nn.ModuleList(DAGConv(hidden, residual=not pre)
+                                   for _ in range(decoder_layers))
+        self.local_norm = nn.ModuleList(
+            nn.LayerNorm(hidden) if pre else nn.Identity() for _ in range(decoder_layers))
         self.dec = nn.ModuleList(
             nn.TransformerDecoderLayer(
                 hidden, heads, ff_mult * hidden, dropout=dropout, activation="gelu",
@@ -126,6 +143,9 @@ class GraphTransformNet(nn.Module):
         for module in (self.encoder, *self.enc, self.slots, self.canvas_norm,
                        *self.local, self.dec_norm, self.pool, self.head):
             module.reset_parameters()
+        for module in (self.enc_norm, *self.local_norm):
+            if isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
         for layer in self.dec:
             for sub in layer.modules():
                 if sub is not layer and hasattr(sub, "reset_parameters"):
@@ -168,6 +188,7 @@ class GraphTransformNet(nn.Module):
         h = self.encoder(x, vec)
         for conv in self.enc:
             h = conv(h, chain, vec)
+        h = self.enc_norm(h)
 
         # The canvas: T slots per question, contiguous per graph, in chain order.
         T = self.max_answer_length
@@ -183,8 +204,8 @@ class GraphTransformNet(nn.Module):
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
         cchain = chain_edges(cvec)
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
-        for local, layer in zip(self.local, self.dec, strict=True):
-            c = local(c, cchain)
+        for local, norm, layer in zip(self.local, self.local_norm, self.dec, strict=True):
+            c = local(c, cchain) if self.block == "gps" else c + local(norm(c), cchain)
             # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
             cd = layer(c.view(num_graphs, T, -1), mem, memory_key_padding_mask=~mem_mask)
             c = cd.reshape(num_graphs * T, -1)
@@ -242,6 +263,55 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
+
+
+class PreNormBlock(nn.Module):
+    r"""A pre-LN graph transformer block: local message passing, then self-attention over
+    each graph, then a feed-forward layer, each a residual branch on normalised input
+    (Xiong et al., 2020):
+
+    .. math::
+        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{DAGConv}(\mathrm{LN}(\mathbf{h})),\quad
+        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{MHA}(\mathrm{LN}(\mathbf{h})),\quad
+        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{FF}(\mathrm{LN}(\mathbf{h}))
+
+    The residual stream is never normalised, so the embedding's signal (which grapheme,
+    where) reaches every layer and the output unchanged in scale.
+
+    Shapes:
+        - **input:** ``x`` ``[N, F]``, reading-order ``edge_index`` ``[2, E]``, ``batch`` ``[N]``
+        - **output:** ``[N, F]``
+    """
+
+    def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0,
+                 local: bool = True, gate: float | None = None):
+        super().__init__()
+        self.gate_init = gate
+        self.gate = nn.Parameter(torch.empty(channels)) if gate is not None and local else None
+        self.norm = nn.LayerNorm(channels) if local else None
+        self.local = DAGConv(channels, residual=False) if local else None
+        self.attn = nn.TransformerEncoderLayer(
+            channels, heads, ff_mult * channels, dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+
+    def reset_parameters(self) -> None:
+        if self.local is not None:
+            self.norm.reset_parameters()
+            self.local.reset_parameters()
+        if self.gate is not None:
+            nn.init.constant_(self.gate, self.gate_init)
+        for sub in self.attn.modules():
+            if sub is not self.attn and hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+        self.attn.self_attn._reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+        if self.local is not None:
+            branch = self.local(self.norm(x), edge_index)
+            x = x + (branch if self.gate is None else self.gate * branch)
+        dense, mask = to_dense_batch(x, batch)
+        return self.attn(dense, src_key_padding_mask=~mask)[mask]
 
 
 def chain_edges(batch: Tensor) -> Tensor:

@@ -130,3 +130,17 @@ def test_byte_head_and_one_hot_targets_decode():
     cls = torch.zeros(2, GRAPHEME_WIDTH, dtype=torch.long)
     cls[0, 0], cls[0, 2], cls[1, 0] = ord("a") + 1, ord("b") + 1, 0xFF  # 0xFE: never UTF-8
     assert decode_slots(cls).decode("utf-8", errors="replace") == "a\ufffd"
+
+
+def test_dag_conv_without_residual_is_the_bare_branch():
+    """residual=False returns GELU(W0 h + messages) alone (for pre-LN blocks): the
+    residual layer is LN(h + that branch), with the same weights."""
+    torch.manual_seed(0)
+    full = DAGConv(8)
+    bare = DAGConv(8, residual=False)
+    bare.load_state_dict({k: v for k, v in full.state_dict().items()
+                          if not k.startswith("norm.")})
+    x, ei = torch.randn(5, 8), chain(5)
+    assert torch.allclose(full(x, ei), full.norm(x + bare(x, ei)), atol=1e-6)
+    assert bare.norm is None and "norm" not in dict(bare.named_parameters())
+    assert repr(bare) == "DAGConv(8, backward=True, residual=False)"

@@ -55,8 +55,9 @@ def test_answers_can_be_longer_than_their_questions():
     assert pred.num_nodes == net.max_answer_length > 1
 
 
-def test_every_parameter_gets_a_finite_nonzero_gradient():
-    net = small_net()
+@pytest.mark.parametrize("block", ["gps", "pre_ln"])
+def test_every_parameter_gets_a_finite_nonzero_gradient(block):
+    net = small_net(block=block)
     inputs, targets = batches()
     seg_loss(net(inputs), targets).backward()
     for name, p in net.named_parameters():
@@ -66,10 +67,11 @@ def test_every_parameter_gets_a_finite_nonzero_gradient():
     assert net.theta.grad.abs() > 0
 
 
-def test_end_to_end_gradient_matches_finite_differences():
+@pytest.mark.parametrize("block", ["gps", "pre_ln"])
+def test_end_to_end_gradient_matches_finite_differences(block):
     """The segmentation likelihood sums over every merge pattern, so the loss is smooth in
     every weight (no decision to hold fixed): autograd agrees with central differences."""
-    net = small_net().double()
+    net = small_net(block=block).double()
     inputs, targets = batches()
 
     def loss():
@@ -78,8 +80,9 @@ def test_end_to_end_gradient_matches_finite_differences():
     net.zero_grad()
     loss().backward()
     params = dict(net.named_parameters())
-    names = ["encoder.byte_emb.weight", "encoder.pos_emb.weight", "enc.0.conv.lin_fwd.weight",
-             "enc.1.attn.in_proj_weight",
+    encoder = (["enc.0.conv.lin_fwd.weight", "enc.1.attn.in_proj_weight"] if block == "gps"
+               else ["enc.0.local.lin_fwd.weight", "enc.0.gate", "enc.1.attn.self_attn.in_proj_weight"])
+    names = ["encoder.byte_emb.weight", "encoder.pos_emb.weight", *encoder,
              "slots.weight", "dec.0.multihead_attn.in_proj_weight", "local.1.lin_bwd.weight",
              "pool.proj.weight", "pool.theta", "head.lin2.bias"]
     gen = torch.Generator().manual_seed(0)
@@ -146,9 +149,10 @@ def test_num_out_forces_each_answer_length_and_log_prob_trains_theta():
     assert torch.equal(forced.cluster, free.cluster)
 
 
+@pytest.mark.parametrize("block", ["gps", "pre_ln"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_runs_on_device_and_under_compile(device):
-    net = small_net().to(device)
+def test_runs_on_device_and_under_compile(device, block):
+    net = small_net(block=block).to(device)
     inputs, targets = batches()
     inputs, targets = inputs.to(device), targets.to(device)
     eager = net(inputs)
