@@ -33,6 +33,7 @@ explicit ``--train-file/--val-file/--test-file`` JSONL files.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import json
@@ -515,6 +516,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tf-max-pos", type=int, default=0,
                    help="position table rows; 0 sizes it from the data (+16)")
     p.add_argument("--graph-hidden", type=int, default=128)
+    p.add_argument("--graph-kwargs", default="",
+                   help="GraphemeModule keywords for the graph model, 'key=value,...' "
+                        "(e.g. block=gps); the table names the model after them")
     p.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -543,7 +547,22 @@ def run_model(name: str, data: TaskData, args: argparse.Namespace, seed: int,
             data, dim=args.tf_dim, graph_params=None if args.tf_dim else graph_params(),
             heads=args.tf_heads, layers=args.tf_layers, dropout=args.tf_dropout,
             max_pos=args.tf_max_pos, **common)[0]
-    return train_graph(data, hidden=args.graph_hidden, cache_dir=args.data_dir, **common)
+    kwargs = parse_kwargs(args.graph_kwargs)
+    label = "graph" + (f"[{args.graph_kwargs}]" if kwargs else "")
+    return train_graph(data, hidden=args.graph_hidden, cache_dir=args.data_dir,
+                       module_kwargs=kwargs, name=label, **common)
+
+
+def parse_kwargs(text: str) -> dict:
+    """``'a=1,b=gps'`` -> ``{'a': 1, 'b': 'gps'}`` (values as Python literals, else strings)."""
+    out: dict = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:

@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import hashlib
 import importlib.resources
-import io
 import marshal
 import os
 import pickle
@@ -33,10 +32,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Data, InMemoryDataset
 
 from pyg_grapheme.data.curriculum import DEFAULT_SIZES, SPLITS, write_curriculum
-from pyg_grapheme.data.formats import DataFormatError, parse_records
+from pyg_grapheme.data.formats import DataFormatError, iter_pairs
 from pyg_grapheme.data.pair import PairData
 from pyg_grapheme.data.tasks import DEFAULT_TASK_SIZES, TASKS, write_task
 
@@ -97,6 +96,38 @@ def kindergarten_path() -> Path:
         return resource
     # A zipped install: extract once, kept until the interpreter exits.
     return _resource_files.enter_context(importlib.resources.as_file(resource))
+
+
+#: Pairs collated at a time while a dataset cache is built (bounds the build's memory).
+CHUNK = 4096
+
+
+def join_collated(chunks: list[tuple[Data, dict]]) -> tuple[dict, dict]:
+    """Join ``InMemoryDataset.collate`` outputs of consecutive chunks into one storage
+    (``(data dict, slices)``), as if the chunks' pairs had been collated together: tensors
+    are concatenated along their ``__cat_dim__`` (stored without increments) and each
+    chunk's slices shifted by the rows before it. One attribute at a time, freeing the
+    chunks' copies as it goes, so the peak is the result plus one attribute."""
+    if len(chunks) == 1:
+        return chunks[0][0].to_dict(), chunks[0][1]  # slices None: a single pair
+    first = chunks[0][0]
+    stores = [c[0].to_dict() for c in chunks]
+    slice_list = [c[1] for c in chunks]
+    del chunks
+    data, slices = {}, {}
+    for key in list(stores[0]):
+        value = stores[0][key]
+        dim = first.__cat_dim__(key, value)
+        dim = dim + value.dim() if dim < 0 else dim
+        offset, parts = 0, []
+        for i, (store, sl) in enumerate(zip(stores, slice_list, strict=True)):
+            # collate returns no slices for a chunk of one pair
+            own = sl[key] if sl is not None else torch.tensor([0, store[key].size(dim)])
+            parts.append((own if i == 0 else own[1:]) + offset)
+            offset += int(own[-1])
+        slices[key] = torch.cat(parts)
+        data[key] = torch.cat([store.pop(key) for store in stores], dim=dim)
+    return data, slices
 
 
 class TextPairDataset(InMemoryDataset):
@@ -199,30 +230,40 @@ class TextPairDataset(InMemoryDataset):
         self.data = PairData.from_dict(data)
 
     def process(self) -> None:
+        # Streamed: records are parsed, converted and collated CHUNK pairs at a time, so
+        # the per-pair Python objects of only one chunk exist at once; the chunks'
+        # tensors are then joined one attribute at a time and written straight to disk.
         assert self._source_bytes is not None
+        chunks: list[tuple[PairData, dict]] = []
+        pending: list[PairData] = []
         try:
-            _, pairs = parse_records(self._source_bytes, str(self.source))
+            for _, (source, target) in iter_pairs(self._source_bytes, str(self.source)):
+                data = PairData.from_texts(source, target, skip=self.skip)
+                if self.pre_filter is not None and not self.pre_filter(data):
+                    continue
+                if self.pre_transform is not None:
+                    data = self.pre_transform(data)
+                pending.append(data)
+                if len(pending) == CHUNK:
+                    chunks.append(self.collate(pending))
+                    pending = []
         except RecursionError:
             raise DataFormatError(
                 str(self.source), None, "JSON nested too deeply to read"
             ) from None
-        data_list = [PairData.from_texts(s, t, skip=self.skip) for s, t in pairs]
-        if self.pre_filter is not None:
-            data_list = [d for d in data_list if self.pre_filter(d)]
-        if self.pre_transform is not None:
-            data_list = [self.pre_transform(d) for d in data_list]
-        if not data_list:
+        if pending:
+            chunks.append(self.collate(pending))
+        del pending
+        if not chunks:
             raise ValueError(f"{self.source}: pre_filter removed every pair")
-        data, slices = self.collate(data_list)
-        buffer = io.BytesIO()  # what InMemoryDataset.save writes, serialised in memory
-        torch.save((data.to_dict(), slices, data.__class__), buffer)
+        data, slices = join_collated(chunks)
         path = self.processed_paths[0]
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            # A full disk raises OSError (ENOSPC) here, not a RuntimeError from torch's
-            # zip writer; fsync before the rename so a crash cannot leave an empty data.pt.
+            # A full disk raises OSError (ENOSPC) here; fsync before the rename so a crash
+            # cannot leave an empty or partial data.pt under the final name.
             with open(tmp, "wb") as fh:
-                fh.write(buffer.getvalue())
+                torch.save((data, slices, PairData), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -230,6 +271,9 @@ class TextPairDataset(InMemoryDataset):
             if err.errno is None or err.filename:
                 raise
             raise OSError(err.errno, err.strerror or str(err), path) from err
+        except RuntimeError as err:  # torch's zip writer wraps a failed write this way
+            first = (str(err).strip().splitlines() or ["write failed"])[0]
+            raise OSError(f"{path}: could not write the dataset cache ({first})") from err
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)

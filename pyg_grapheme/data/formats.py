@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +169,12 @@ def _check_utf8_text(text: str, fail: Callable[[str], DataFormatError]) -> None:
         ) from None
 
 
-def _records(data: bytes, name: str) -> list[tuple[int, dict, str]]:
-    """``(line number, record, format)`` of every non-blank line; checks detection only."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    out: list[tuple[int, dict, str]] = []
+def _records(data: bytes, name: str) -> Iterator[tuple[int, dict, str]]:
+    """``(line number, record, format)`` of every non-blank line, one at a time (a file's
+    records never all exist at once); checks detection only."""
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     first: tuple[int, str] | None = None
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+    for lineno, raw in enumerate(_lines(data, start), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -209,10 +208,21 @@ def _records(data: bytes, name: str) -> list[tuple[int, dict, str]]:
                 lineno,
                 f"mixed formats: this record is {fmt!r} but line {first[0]} is {first[1]!r}",
             )
-        out.append((lineno, record, fmt))
-    if not out:
+        yield lineno, record, fmt
+    if first is None:
         raise DataFormatError(name, None, "empty file: no records (only blank lines or nothing)")
-    return out
+
+
+def _lines(data: bytes, start: int) -> Iterator[bytes]:
+    """``data[start:].split(b"\\n")`` without the list (or the copy) of every line."""
+    view = memoryview(data)
+    while True:
+        end = data.find(b"\n", start)
+        if end < 0:
+            yield bytes(view[start:])
+            return
+        yield bytes(view[start:end])
+        start = end + 1
 
 
 def parse_records(data: bytes | str, name: str = "<string>") -> tuple[str, list[tuple[str, str]]]:
@@ -221,11 +231,20 @@ def parse_records(data: bytes | str, name: str = "<string>") -> tuple[str, list[
     ``name`` is used in error messages in place of a file name. See the module docstring
     for the formats and the rules.
     """
+    formats, pairs = set(), []
+    for fmt, pair in iter_pairs(data, name):
+        formats.add(fmt)
+        pairs.append(pair)
+    return formats.pop(), pairs  # one format: iter_pairs raises on mixed or no records
+
+
+def iter_pairs(data: bytes | str, name: str = "<string>"
+               ) -> Iterator[tuple[str, tuple[str, str]]]:
+    """:func:`parse_records` one record at a time: ``(format, (input, target))`` per
+    record, the same checks and errors, raised when the reader reaches the bad line."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
-    records = _records(data, name)
-    pairs = []
-    for lineno, record, fmt in records:
+    for lineno, record, fmt in _records(data, name):
 
         def fail(message: str, lineno: int = lineno) -> DataFormatError:
             return DataFormatError(name, lineno, message)
@@ -233,8 +252,7 @@ def parse_records(data: bytes | str, name: str = "<string>") -> tuple[str, list[
         pair = _qa_pair(record, fail) if fmt == FORMAT_QA else _math_pair(record, fail)
         for text in pair:
             _check_utf8_text(text, fail)
-        pairs.append(pair)
-    return records[0][2], pairs
+        yield fmt, pair
 
 
 def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -258,4 +276,5 @@ def detect_format(path: str | os.PathLike) -> str:
         DataFormatError: invalid JSON, a record of neither format, mixed formats, an
             empty file.
     """
-    return _records(Path(path).read_bytes(), str(path))[0][2]
+    formats = {fmt for _, _, fmt in _records(Path(path).read_bytes(), str(path))}
+    return formats.pop()  # exactly one: _records raises on mixed formats or none

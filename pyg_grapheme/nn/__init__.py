@@ -1,5 +1,6 @@
 """pyg_grapheme.nn: PyG layers (encoder, DAG convolution, pooling, byte head) and the model."""
 
+from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock
 from pyg_grapheme.nn.components import connected_components
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder
@@ -8,6 +9,8 @@ from pyg_grapheme.nn.merge_pool import PoolOutput, ThresholdMergePool
 from pyg_grapheme.nn.transform_net import GraphTransformNet, decode_graphs
 
 __all__ = [
+    "GatedMessagePassing",
+    "PreNormGraphBlock",
     "ByteHead",
     "DAGConv",
     "GraphTransformNet",

@@ -12,6 +12,7 @@ from torch_geometric.nn import GPSConv
 from torch_geometric.utils import to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
+from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock, reset_transformer_layer
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
@@ -23,18 +24,20 @@ class GraphTransformNet(nn.Module):
 
     .. code-block:: text
 
-        bytes ─▶ GraphemeEncoder ─▶ GPSConv(DAGConv + self-attention) × L_enc   (question)
+        bytes ─▶ GraphemeEncoder ─▶ [gated DAGConv + self-attention + FF] × L_enc  (question)
               ─▶ canvas: a chain of ``max_answer_length`` slots per question
-              ─▶ [DAGConv along the canvas + self-attention + cross-attention] × L_dec
+              ─▶ [gated DAGConv along the canvas + self-attention + cross-attention] × L_dec
               ─▶ ByteHead (a byte distribution per canvas node)
               ─▶ ThresholdMergePool along the canvas chain ─▶ answer chain
 
-    - **Encoder.** :class:`~torch_geometric.nn.conv.GPSConv` layers (Rampasek et al.,
-      2022): a local :class:`DAGConv` over the reading-order edges (direction-aware) in
-      parallel with multi-head self-attention over every node of the same question,
-      so one layer relates any two graphemes (a place in a number to the word that
-      names it) at ``O(sum_g n_g^2)``; positions come from the encoder's sinusoidal
-      codes, so a question longer than any seen in training still has them.
+    - **Encoder.** Pre-LN graph transformer blocks (:class:`~pyg_grapheme.nn.
+      PreNormGraphBlock`): local :class:`DAGConv` message passing over the reading-order
+      edges (direction-aware), behind a learned gate that starts closed, and multi-head
+      self-attention over every node of the same question, so one layer relates any two
+      graphemes (a place in a number to the word that names it) at ``O(sum_g n_g^2)``;
+      positions are the encoder's learned ones. ``block="gps"`` uses post-LN
+      :class:`~torch_geometric.nn.conv.GPSConv` layers (Rampasek et al., 2022) around the
+      same :class:`DAGConv` instead; it learnt more slowly per step (docs/model.md).
     - **Canvas.** The answer is not bounded by the question's length: every question
       gets a chain of :math:`T` = ``max_answer_length`` canvas nodes: a learned slot
       embedding plus a uniform copy of the question (slot :math:`k` copies question node
@@ -64,6 +67,7 @@ class GraphTransformNet(nn.Module):
         dropout: dropout in the attention layers (default ``0``).
         max_input_length: longest question (in graphemes) :meth:`forward` accepts;
             memory grows as its square (default ``4096``).
+        block: ``"pre_ln"`` (default) or ``"gps"``, the layers' form (see above).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -89,9 +93,7 @@ class GraphTransformNet(nn.Module):
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
         max_input_length: int = 4096,
-        block: str = "gps",
-        local_conv: bool = True,
-        local_gate: float | None = None,
+        block: str = "pre_ln",
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -113,17 +115,15 @@ class GraphTransformNet(nn.Module):
             )
         else:
             self.enc = nn.ModuleList(
-                PreNormBlock(hidden, heads, ff_mult, dropout, local=local_conv, gate=local_gate)
-                for _ in range(encoder_layers)
+                PreNormGraphBlock(hidden, heads, ff_mult, dropout) for _ in range(encoder_layers)
             )
         self.enc_norm = nn.LayerNorm(hidden) if block == "pre_ln" else nn.Identity()
         self.slots = nn.Embedding(max_answer_length, hidden)
         self.canvas_norm = nn.LayerNorm(hidden)
-        pre = block == "pre_ln"
-        self.local = nn.ModuleList(DAGConv(hidden, residual=not pre)
-                                   for _ in range(decoder_layers))
-        self.local_norm = nn.ModuleList(
-            nn.LayerNorm(hidden) if pre else nn.Identity() for _ in range(decoder_layers))
+        self.local = nn.ModuleList(
+            DAGConv(hidden) if block == "gps" else GatedMessagePassing(hidden)
+            for _ in range(decoder_layers)
+        )
         self.dec = nn.ModuleList(
             nn.TransformerDecoderLayer(
                 hidden, heads, ff_mult * hidden, dropout=dropout, activation="gelu",
@@ -143,15 +143,10 @@ class GraphTransformNet(nn.Module):
         for module in (self.encoder, *self.enc, self.slots, self.canvas_norm,
                        *self.local, self.dec_norm, self.pool, self.head):
             module.reset_parameters()
-        for module in (self.enc_norm, *self.local_norm):
-            if isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+        if isinstance(self.enc_norm, nn.LayerNorm):
+            self.enc_norm.reset_parameters()
         for layer in self.dec:
-            for sub in layer.modules():
-                if sub is not layer and hasattr(sub, "reset_parameters"):
-                    sub.reset_parameters()
-            layer.self_attn._reset_parameters()
-            layer.multihead_attn._reset_parameters()
+            reset_transformer_layer(layer)
 
     @property
     def theta(self) -> Tensor:
@@ -204,8 +199,8 @@ class GraphTransformNet(nn.Module):
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
         cchain = chain_edges(cvec)
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
-        for local, norm, layer in zip(self.local, self.local_norm, self.dec, strict=True):
-            c = local(c, cchain) if self.block == "gps" else c + local(norm(c), cchain)
+        for local, layer in zip(self.local, self.dec, strict=True):
+            c = local(c, cchain)
             # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
             cd = layer(c.view(num_graphs, T, -1), mem, memory_key_padding_mask=~mem_mask)
             c = cd.reshape(num_graphs * T, -1)
@@ -263,55 +258,6 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
-
-
-class PreNormBlock(nn.Module):
-    r"""A pre-LN graph transformer block: local message passing, then self-attention over
-    each graph, then a feed-forward layer, each a residual branch on normalised input
-    (Xiong et al., 2020):
-
-    .. math::
-        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{DAGConv}(\mathrm{LN}(\mathbf{h})),\quad
-        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{MHA}(\mathrm{LN}(\mathbf{h})),\quad
-        \mathbf{h} \leftarrow \mathbf{h} + \mathrm{FF}(\mathrm{LN}(\mathbf{h}))
-
-    The residual stream is never normalised, so the embedding's signal (which grapheme,
-    where) reaches every layer and the output unchanged in scale.
-
-    Shapes:
-        - **input:** ``x`` ``[N, F]``, reading-order ``edge_index`` ``[2, E]``, ``batch`` ``[N]``
-        - **output:** ``[N, F]``
-    """
-
-    def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0,
-                 local: bool = True, gate: float | None = None):
-        super().__init__()
-        self.gate_init = gate
-        self.gate = nn.Parameter(torch.empty(channels)) if gate is not None and local else None
-        self.norm = nn.LayerNorm(channels) if local else None
-        self.local = DAGConv(channels, residual=False) if local else None
-        self.attn = nn.TransformerEncoderLayer(
-            channels, heads, ff_mult * channels, dropout=dropout, activation="gelu",
-            batch_first=True, norm_first=True,
-        )
-
-    def reset_parameters(self) -> None:
-        if self.local is not None:
-            self.norm.reset_parameters()
-            self.local.reset_parameters()
-        if self.gate is not None:
-            nn.init.constant_(self.gate, self.gate_init)
-        for sub in self.attn.modules():
-            if sub is not self.attn and hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
-        self.attn.self_attn._reset_parameters()
-
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
-        if self.local is not None:
-            branch = self.local(self.norm(x), edge_index)
-            x = x + (branch if self.gate is None else self.gate * branch)
-        dense, mask = to_dense_batch(x, batch)
-        return self.attn(dense, src_key_padding_mask=~mask)[mask]
 
 
 def chain_edges(batch: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ class GraphemeModule(L.LightningModule):
 
     Args:
         hidden, heads, encoder_layers, decoder_layers, max_answer_length, ff_mult,
-            pool_threshold, pool_tau, pool_proj_channels, dropout, max_input_length:
+            pool_threshold, pool_tau, pool_proj_channels, dropout, max_input_length, block:
             :class:`GraphTransformNet`.
         segmentation_weight: weight of :func:`~pyg_grapheme.loss.segmentation_nll`.
         alpha, beta, gamma, reg: :func:`~pyg_grapheme.loss.structural_loss` weights and
@@ -115,6 +115,7 @@ class GraphemeModule(L.LightningModule):
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
         max_input_length: int = 4096,
+        block: str = "pre_ln",
         segmentation_weight: float = 1.0,
         alpha: float = 0.0,
         beta: float = 0.0,
@@ -147,6 +148,7 @@ class GraphemeModule(L.LightningModule):
             pool_proj_channels=pool_proj_channels,
             dropout=dropout,
             max_input_length=max_input_length,
+            block=block,
         )
         self.val_cer = CharErrorRate()
         self.examples: list[tuple[str, str, str]] = []

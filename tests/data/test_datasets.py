@@ -350,3 +350,26 @@ def test_summary_of_a_math_file(capsys):
 
     assert main([str(PROTOTYPE / "math_level_1.jsonl")]) == 0
     assert "100/100" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_chunked_build_equals_one_collate(tmp_path, monkeypatch, chunk):
+    """The cache is built CHUNK pairs at a time (bounded memory); joined, the chunks are
+    exactly what collating every pair at once gives (10 pairs: chunks of 3 end with one)."""
+    from torch_geometric.data import InMemoryDataset
+
+    import pyg_grapheme.data.datasets as datasets
+
+    texts = [("What is 2+2?", "4"), ("caf\u00e9 \U0001F431", "ok"), ("a", "bcd"), ("x y", "")]
+    texts = [(f"{q} {i}", a or "e") for i in range(3) for q, a in texts][:10]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"input": q, "target": a}) + "\n" for q, a in texts))
+    monkeypatch.setattr(datasets, "CHUNK", chunk)
+    ds = TextPairDataset(tmp_path / f"cache{chunk}", path, log=False)
+    data, slices = InMemoryDataset.collate([PairData.from_texts(q, a) for q, a in texts])
+    assert len(ds) == len(texts)
+    for key, value in data.to_dict().items():
+        assert torch.equal(ds._data[key], value), key
+        assert torch.equal(ds.slices[key], slices[key]), key
+    for i, (q, a) in enumerate(texts):
+        assert graph_to_text(ds[i].side("s")) == q and graph_to_text(ds[i].side("t")) == a

@@ -7,6 +7,7 @@ from torch_geometric.data import Batch
 
 from pyg_grapheme import text_to_graph
 from pyg_grapheme.data import GRAPHEME_WIDTH
+from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.head import ByteHead, decode_slots, one_hot_bytes
@@ -144,3 +145,43 @@ def test_dag_conv_without_residual_is_the_bare_branch():
     assert torch.allclose(full(x, ei), full.norm(x + bare(x, ei)), atol=1e-6)
     assert bare.norm is None and "norm" not in dict(bare.named_parameters())
     assert repr(bare) == "DAGConv(8, backward=True, residual=False)"
+
+
+def test_gated_message_passing_starts_as_identity_and_learns_its_gate():
+    torch.manual_seed(0)
+    layer = GatedMessagePassing(8)
+    x = torch.randn(5, 8, requires_grad=True)
+    out = layer(x, chain(5))
+    assert torch.equal(out, x)  # the gate starts closed: the embedding passes unchanged
+    out.pow(2).sum().backward()
+    assert layer.gate.grad.abs().sum() > 0  # ... and gets a gradient to open
+    with torch.no_grad():
+        layer.gate.fill_(1.0)
+    y = x.detach()
+    expected = y + layer.conv(layer.norm(y), chain(5))
+    assert torch.allclose(layer(y, chain(5)), expected)
+    layer.reset_parameters()
+    assert torch.equal(layer.gate, torch.zeros(8))
+    assert repr(layer) == "GatedMessagePassing(8, backward=True)"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prenorm_graph_block_is_batch_aware_and_compiles(device):
+    """A graph's output does not depend on the other graphs of its batch (attention is
+    masked per graph), and the block compiles."""
+    torch.manual_seed(0)
+    block = PreNormGraphBlock(8, heads=2).to(device).eval()
+    with torch.no_grad():
+        block.local.gate.fill_(0.5)
+    graphs = [text_to_graph(t) for t in ["abcd", "ef", "g"]]
+    batch = Batch.from_data_list(graphs).to(device)
+    x = torch.randn(batch.num_nodes, 8, device=device)
+    out = block(x, batch.edge_index, batch.batch)
+    for i, g in enumerate(graphs):
+        sl = slice(int(batch.ptr[i]), int(batch.ptr[i + 1]))
+        vec = torch.zeros(g.num_nodes, dtype=torch.long, device=device)
+        alone = block(x[sl], g.edge_index.to(device), vec)
+        assert torch.allclose(out[sl], alone, atol=1e-5)
+    compiled = torch.compile(block, backend="aot_eager")
+    assert torch.allclose(compiled(x, batch.edge_index, batch.batch), out, atol=1e-5)
+    assert repr(block) == "PreNormGraphBlock(8, heads=2)"

@@ -58,6 +58,17 @@ def test_answers_can_be_longer_than_their_questions():
 @pytest.mark.parametrize("block", ["gps", "pre_ln"])
 def test_every_parameter_gets_a_finite_nonzero_gradient(block):
     net = small_net(block=block)
+    if block == "pre_ln":
+        # The message-passing gates start at 0 (the branch's weights get no gradient
+        # until they open); the gates themselves do.
+        inputs, targets = batches()
+        seg_loss(net(inputs), targets).backward()
+        gates = [p for n, p in net.named_parameters() if n.endswith("gate")]
+        assert len(gates) == 4 and all(g.grad.abs().sum() > 0 for g in gates)
+        net.zero_grad()
+        with torch.no_grad():
+            for g in gates:
+                g.fill_(0.5)
     inputs, targets = batches()
     seg_loss(net(inputs), targets).backward()
     for name, p in net.named_parameters():
@@ -77,14 +88,22 @@ def test_end_to_end_gradient_matches_finite_differences(block):
     def loss():
         return seg_loss(net(inputs), targets)
 
+    if block == "gps":
+        layers = ["enc.0.conv.lin_fwd.weight", "enc.1.attn.in_proj_weight",
+                  "local.1.lin_bwd.weight"]
+    else:
+        with torch.no_grad():  # open the message-passing gates (they start at 0)
+            for name, p in net.named_parameters():
+                if name.endswith("gate"):
+                    p.fill_(0.5)
+        layers = ["enc.0.local.conv.lin_fwd.weight", "enc.0.local.gate",
+                  "enc.1.attn.self_attn.in_proj_weight", "local.1.conv.lin_bwd.weight"]
+    names = ["encoder.byte_emb.weight", "encoder.pos_emb.weight", *layers,
+             "slots.weight", "dec.0.multihead_attn.in_proj_weight",
+             "pool.proj.weight", "pool.theta", "head.lin2.bias"]
     net.zero_grad()
     loss().backward()
     params = dict(net.named_parameters())
-    encoder = (["enc.0.conv.lin_fwd.weight", "enc.1.attn.in_proj_weight"] if block == "gps"
-               else ["enc.0.local.lin_fwd.weight", "enc.0.gate", "enc.1.attn.self_attn.in_proj_weight"])
-    names = ["encoder.byte_emb.weight", "encoder.pos_emb.weight", *encoder,
-             "slots.weight", "dec.0.multihead_attn.in_proj_weight", "local.1.lin_bwd.weight",
-             "pool.proj.weight", "pool.theta", "head.lin2.bias"]
     gen = torch.Generator().manual_seed(0)
     for name in names:
         p = params[name]
