@@ -204,6 +204,20 @@ class GraphemeModule(L.LightningModule):
             self.log(f"{stage}_merge_prob", pred.merge_prob.mean(), **log)
         return total, pred, targets
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before load_state_dict: name the mismatch a checkpoint
+        # from before the pre-LN layers (trained with GPSConv, no ``block`` saved) causes.
+        saved = checkpoint.get("hyper_parameters", {})
+        layers = "gps" if any(k.startswith("model.enc.0.conv.") for k in
+                              checkpoint.get("state_dict", {})) else "pre_ln"
+        if saved.get("block", layers) != self.hparams.block or layers != self.hparams.block:
+            raise ValueError(
+                f"this checkpoint holds block={layers!r} layers but the model was built "
+                f"with block={self.hparams.block!r}; load it with block={layers!r} "
+                f"(e.g. GraphemeModule.load_from_checkpoint(path, block={layers!r}) or "
+                f"--model.block {layers})"
+            )
+
     def setup(self, stage: str) -> None:
         """Before training: refuse data the model cannot produce, naming the pairs."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
