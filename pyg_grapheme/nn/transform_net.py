@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import GPSConv
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import cumsum, to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock, reset_transformer_layer
@@ -191,7 +191,7 @@ class GraphTransformNet(nn.Module):
         # Slot k starts as a copy of question node floor(k n / T) (the uniform copy of
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
-        ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+        ptr = cumsum(sizes)
         k = torch.arange(T, device=x.device).repeat(num_graphs)
         src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
         empty = sizes[cvec] == 0
@@ -222,7 +222,7 @@ class GraphTransformNet(nn.Module):
             edge_weight=out.edge_weight,
             node_weight=out.node_weight,
             batch=out.batch,
-            ptr=torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+            ptr=cumsum(counts),
             cluster=out.cluster,
             merge_prob=out.merge_prob,
             merged=out.merged,
