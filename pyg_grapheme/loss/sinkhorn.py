@@ -120,9 +120,9 @@ def solve(
         eps: entropic regularisation > 0.
         init: warm-start potentials ``(f, g)``.
         max_iter: iterations at most (a log-domain refresh at the start is not counted).
-        tol: stop when every problem's L1 row-marginal violation is <= tol times its
-            total mass (checked once per block); ``tol=0`` runs exactly ``max_iter``
-            iterations.
+        tol: a problem stops when its L1 row-marginal violation is <= tol times its
+            total mass (checked once per block) and leaves the batch, the others go on;
+            ``tol=0`` runs exactly ``max_iter`` iterations.
         block: scaling iterations between absorptions.
         method: ``"stabilized"`` (scaling with absorption) or ``"log"`` (log-domain only).
 
@@ -138,25 +138,29 @@ def solve(
         return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(M), 0, zero
     M = torch.where(cell_ok, M, torch.zeros((), dtype=M.dtype, device=M.device))
     floor = _floor(M.dtype)
-    log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
-    log_b = torch.where(col_ok, b.clamp_min(floor).log(), 0.0)
+    fl = M.new_full((1, 1, 1), floor)
     log_tau = _log_tau(M.dtype)
-
     if init is None:
         f = torch.zeros_like(a)
         g = torch.zeros_like(b)
     else:
         f = torch.where(row_ok, init[0], 0.0)
         g = torch.where(col_ok, init[1], 0.0)
+    # Outputs of the whole batch; problems that meet ``tol`` are written here and leave
+    # the working set (per-problem stopping: the rest iterate on a smaller batch).
+    f_out, g_out, K_out, err_out = f, g, torch.zeros_like(M), M.new_zeros(B)
+    idx = torch.arange(B, device=M.device)
+    mass = a.sum(1)
+    absent = ~cell_ok
+    M_eps = M / eps
+    log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
+    log_b = torch.where(col_ok, b.clamp_min(floor).log(), 0.0)
 
     def log_step(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         # One exact log-domain iteration (POT's sinkhorn_log update, rows then columns).
         f = torch.where(row_ok, eps * log_a + c_transform_rows(g, M, eps, col_ok), 0.0)
         g = torch.where(col_ok, eps * log_b + c_transform_cols(f, M, eps, row_ok), 0.0)
         return f, g
-
-    absent = ~cell_ok
-    M_eps = M / eps
 
     def kernel(f: Tensor, g: Tensor) -> Tensor:
         # exp((f_i + g_j - M_ij) / eps), 0 on absent cells; in place, one temporary.
@@ -171,24 +175,39 @@ def solve(
     f, g = log_step(f, g)
     K = kernel(f, g)
     err = row_err(K)
-    mass = a.sum(1)
     it = 0
     since_exp = 0
     while it < max_iter:
-        if tol > 0 and float((err - tol * mass).max()) <= 0:
-            break
+        if tol > 0:
+            done = err <= tol * mass
+            if bool(done.all()):
+                break
+            if bool(done.any()):
+                # Converged problems leave the working set (their plan and potentials
+                # are final); the others go on as a smaller batch.
+                d, keep = idx[done], ~done
+                f_out, g_out = f_out.index_copy(0, d, f[done]), g_out.index_copy(0, d, g[done])
+                K_out = K_out.index_copy(0, d, K[done])
+                err_out = err_out.index_copy(0, d, err[done])
+                idx, f, g, K, err = idx[keep], f[keep], g[keep], K[keep], err[keep]
+                a, b, mass, M, M_eps = a[keep], b[keep], mass[keep], M[keep], M_eps[keep]
+                row_ok, col_ok, absent = row_ok[keep], col_ok[keep], absent[keep]
+                log_a, log_b = log_a[keep], log_b[keep]
         k = min(block, max_iter - it)
         ok = method == "stabilized"
         if ok:
-            u = torch.ones_like(a)
-            v = torch.ones_like(b)
+            a3, b3 = a.unsqueeze(1), b.unsqueeze(1)
+            u = torch.ones_like(a3)
+            v = torch.ones_like(b3)
             Kt = K.transpose(1, 2)
             for _ in range(k):
-                # a / (K v): absent rows have a = 0 -> u = 0, never 0/0 (floor). Mat-vecs
+                # a / (K v + floor): absent rows have a = 0 -> u = 0, never 0/0. Mat-vecs
                 # as row-vector products: on CPU bmm is ~10x faster as [B,1,m]@[B,m,n]
-                # than as [B,n,m]@[B,m,1].
-                u = a / torch.bmm(v.unsqueeze(1), Kt).squeeze(1).clamp_min(floor)
-                v = b / torch.bmm(u.unsqueeze(1), K).squeeze(1).clamp_min(floor)
+                # than as [B,n,m]@[B,m,1]; baddbmm adds the floor in the same call (two
+                # ops per half-step instead of five: 1.6x faster on 32 pairs of 20 nodes).
+                u = a3 / torch.baddbmm(fl, v, Kt)
+                v = b3 / torch.baddbmm(fl, u, K)
+            u, v = u.squeeze(1), v.squeeze(1)
             lu = torch.where(row_ok, u.clamp_min(floor).log(), 0.0)
             lv = torch.where(col_ok, v.clamp_min(floor).log(), 0.0)
             big = torch.maximum(lu.abs().max(), lv.abs().max())
@@ -213,7 +232,11 @@ def solve(
             K = kernel(f, g)
             since_exp = 0
         err = row_err(K)
-    return f, g, K, it, err
+    if idx.numel() == B:  # nobody left early: no copies
+        return f, g, K, it, err
+    f_out, g_out = f_out.index_copy(0, idx, f), g_out.index_copy(0, idx, g)
+    K_out, err_out = K_out.index_copy(0, idx, K), err_out.index_copy(0, idx, err)
+    return f_out, g_out, K_out, it, err_out
 
 
 def sinkhorn(

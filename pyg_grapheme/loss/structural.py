@@ -323,6 +323,23 @@ class _Edges:
     def f(self, w: Tensor) -> Tensor:
         return w * w if self.square else w
 
+    def subset(self, keep: Tensor) -> _Edges:
+        """The edges of the pairs ``keep`` (a ``[B]`` mask), renumbered (detached)."""
+        out = _Edges.__new__(_Edges)
+        pos = torch.cumsum(keep.long(), 0) - 1  # new index of each kept pair
+        out.R, out.C, out.B = self.R, self.C, int(keep.sum())
+        kp, kt = keep[self.peb], keep[self.teb]
+        peb, teb = self.peb[kp], self.teb[kt]
+        out.peb, out.teb = pos[peb], pos[teb]
+        shift_p, shift_t = ((peb - out.peb) * self.R), ((teb - out.teb) * self.C)
+        out.pr_src, out.pr_dst = self.pr_src[kp] - shift_p, self.pr_dst[kp] - shift_p
+        out.tc_src, out.tc_dst = self.tc_src[kt] - shift_t, self.tc_dst[kt] - shift_t
+        out.wp, out.wt = self.wp[kp].detach(), self.wt[kt].detach()
+        out.square = self.square
+        out.empty = out.pr_src.numel() == 0 and out.tc_src.numel() == 0
+        out._sparse = {}
+        return out
+
     def adjacency(self, which: str) -> Tensor:
         """``"A"``, ``"At"`` (pred), ``"B"``, ``"Bt"`` (target): detached, sparse COO."""
         if which not in self._sparse:
@@ -558,6 +575,13 @@ def _solve_fgw(
         since = torch.zeros(B, dtype=torch.long, device=M0.device)
         act = torch.ones(B, dtype=torch.bool, device=M0.device)  # pairs still iterated
         d_prev: Tensor | None = None
+        # The working set (global indices gidx) shrinks as pairs converge; the full
+        # problem is kept for the final step.
+        full = (M0, a, b, log_rho, S, Sv, cell_ok, edges)
+        gidx = torch.arange(B, device=M0.device)
+        if f is None:
+            f, g = torch.zeros_like(a), torch.zeros_like(b)
+        P_out, f_out, g_out = P, f, g
         for _ in range(max_outer):
             M, obj = linearise(P, reg)
             obj = objective(P, obj)
@@ -575,6 +599,19 @@ def _solve_fgw(
                 act = act & ~done_ & (since < _PATIENCE)
                 if not bool(act.any()):
                     break
+                if 4 * int(act.sum()) <= 3 * act.numel():
+                    # A quarter of the working set has left: shrink it, edges included
+                    # (grad Q and every per-pair op then run on the active pairs only).
+                    keep, gone = act, ~act
+                    P_out = P_out.index_copy(0, gidx[gone], P[gone])
+                    f_out = f_out.index_copy(0, gidx[gone], f[gone])
+                    g_out = g_out.index_copy(0, gidx[gone], g[gone])
+                    gidx = gidx[keep]
+                    M0, a, b, log_rho = M0[keep], a[keep], b[keep], log_rho[keep]
+                    S, Sv, cell_ok, edges = S[keep], Sv[keep], cell_ok[keep], edges.subset(keep)
+                    P, f, g, M, obj = P[keep], f[keep], g[keep], M[keep], obj[keep]
+                    lam, res, best, since = lam[keep], res[keep], best[keep], since[keep]
+                    err_in, d_prev, act = err_in[keep], d_prev[keep], act[keep]
             obj_prev = obj
             # Only the active pairs are solved (converged ones drop out of the batch).
             idx = act.nonzero().squeeze(1)
@@ -617,6 +654,9 @@ def _solve_fgw(
             open_ = raw > outer_tol * scale.view(-1)
             if bool(open_.any()):
                 inner_tol = max(tol, min(1e-3, 0.1 * float(raw[open_].min())))
+        P = P_out.index_copy(0, gidx, P)
+        f, g = f_out.index_copy(0, gidx, f), g_out.index_copy(0, gidx, g)
+        M0, a, b, log_rho, S, Sv, cell_ok, edges = full
     M, _ = linearise(P, reg)
     f, g, P_new, _, err = solve(M, a, b, reg, init=None if f is None else (f, g),
                                 max_iter=max_iter, tol=tol, method=method)
@@ -649,6 +689,11 @@ class _DenseEdges:
         fa, fb = (A * A, Bm * Bm) if edge_loss == "square" else (A, Bm)
         self.fa = fa + fa.transpose(1, 2)
         self.fb = fb + fb.transpose(1, 2)
+
+    def subset(self, keep: Tensor) -> _DenseEdges:
+        out = _DenseEdges.__new__(_DenseEdges)
+        out.A, out.Bm, out.fa, out.fb = self.A[keep], self.Bm[keep], self.fa[keep], self.fb[keep]
+        return out
 
     def grad(self, P: Tensor) -> Tensor:
         r, c = P.sum(2, keepdim=True), P.sum(1, keepdim=True)  # [B, R, 1], [B, 1, C]

@@ -181,3 +181,26 @@ def test_bad_inputs():
         sinkhorn(torch.ones(1, 2, 2), torch.ones(1, 3), torch.ones(1, 2), 0.1)
     with pytest.raises(ValueError, match="method"):
         sinkhorn(torch.ones(1, 2, 2), torch.ones(1, 2), torch.ones(1, 2), 0.1, method="x")
+
+
+def test_problems_that_meet_tol_leave_the_batch_with_their_own_solution():
+    # Problems of very different difficulty (reg 0.5 vs cost/reg ~ 60): each batched
+    # result must be the one-problem solve, and every problem must meet tol, though the
+    # easy ones stop (and are written back) long before the hard ones.
+    C, a, b = padded_problem(NS, MS, scale=3.0)
+    C[1] *= 3.0
+    tol = 1e-10
+    f, g, P, it, err = solve(C, a, b, 0.05, tol=tol, max_iter=20_000)
+    assert bool((err <= tol * a.sum(1)).all())
+    iters = []
+    for k in range(len(NS)):
+        fk, gk, Pk, itk, _ = solve(C[k:k + 1], a[k:k + 1], b[k:k + 1], 0.05, tol=tol,
+                                   max_iter=20_000)
+        iters.append(itk)
+        torch.testing.assert_close(P[k], Pk[0], atol=1e-8, rtol=0)
+        row, col = a[k] > 0, b[k] > 0
+        # potentials up to the (f + t, g - t) gauge
+        shift = (f[k][row][0] - fk[0][row][0])
+        torch.testing.assert_close(f[k][row] - shift, fk[0][row], atol=1e-7, rtol=0)
+        torch.testing.assert_close(g[k][col] + shift, gk[0][col], atol=1e-7, rtol=0)
+    assert max(iters) == it and min(iters) < it / 2  # the easy ones left early

@@ -250,6 +250,25 @@ def test_batched_equals_one_pair_at_a_time():
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
+def test_edges_of_a_subset_of_pairs_give_the_subset_of_grad_q():
+    # The stationary phase shrinks its working set, edges included: grad Q on the
+    # renumbered edges of the kept pairs equals grad Q of the whole batch, restricted.
+    from pyg_grapheme.loss.structural import _dense, _Edges, _read_pair
+
+    gen = torch.Generator().manual_seed(7)
+    gs = [rand_graph(n, gen=gen) for n in (5, 1, 8, 0, 3)]
+    hs = [rand_graph(n, gen=gen) for n in (2, 6, 8, 4, 0)]
+    ps, ts = _read_pair(Batch.from_data_list(gs), Batch.from_data_list(hs))
+    p, t = _dense(ps), _dense(ts)
+    edges = _Edges(p, t, len(gs), "l1", torch.float64)
+    P = torch.rand(len(gs), p.n + 1, t.n + 1, generator=gen, dtype=torch.float64)
+    keep = torch.tensor([True, False, True, True, False])
+    sub = edges.subset(keep)
+    torch.testing.assert_close(sub.grad(P[keep]), edges.grad(P)[keep])
+    torch.testing.assert_close(sub.value(P[keep]), edges.value(P)[keep])
+    assert edges.subset(torch.zeros(5, dtype=torch.bool)).grad(P[:0]).shape == (0, 9, 9)
+
+
 # ------------------------------------------------------------------ robustness
 def _grads_finite(pred, target, **kw):
     for key in ("x", "edge_weight", "node_weight"):
