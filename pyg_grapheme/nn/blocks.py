@@ -27,6 +27,7 @@ class GatedMessagePassing(nn.Module):
     Args:
         channels: feature size.
         backward: also pass messages against edge direction (default ``True``).
+        gate: the gate's initial value (default ``0``: closed).
 
     Shapes:
         - **input:** ``x`` ``[N, channels]``, ``edge_index`` ``[2, E]``, ``edge_weight``
@@ -34,18 +35,19 @@ class GatedMessagePassing(nn.Module):
         - **output:** ``[N, channels]``
     """
 
-    def __init__(self, channels: int, backward: bool = True) -> None:
+    def __init__(self, channels: int, backward: bool = True, gate: float = 0.0) -> None:
         super().__init__()
         self.channels = channels
+        self.gate_init = gate
         self.norm = nn.LayerNorm(channels)
         self.conv = DAGConv(channels, backward=backward, residual=False)
-        self.gate = nn.Parameter(torch.zeros(channels))
+        self.gate = nn.Parameter(torch.empty(channels))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.norm.reset_parameters()
         self.conv.reset_parameters()
-        nn.init.zeros_(self.gate)
+        nn.init.constant_(self.gate, self.gate_init)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
                 ) -> Tensor:
@@ -73,7 +75,8 @@ class PreNormGraphBlock(nn.Module):
 
     Args:
         channels: feature size. heads: attention heads. ff_mult: feed-forward width,
-        times ``channels``. dropout: in attention and feed-forward.
+        times ``channels``. dropout: in attention and feed-forward. gate: the message
+        passing gate's initial value (:class:`GatedMessagePassing`).
 
     Shapes:
         - **input:** ``x`` ``[N, channels]``, reading-order ``edge_index`` ``[2, E]``,
@@ -81,10 +84,11 @@ class PreNormGraphBlock(nn.Module):
         - **output:** ``[N, channels]``
     """
 
-    def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0):
+    def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0,
+                 gate: float = 0.0):
         super().__init__()
         self.channels, self.heads = channels, heads
-        self.local = GatedMessagePassing(channels)
+        self.local = GatedMessagePassing(channels, gate=gate)
         self.attn = nn.TransformerEncoderLayer(
             channels, heads, ff_mult * channels, dropout=dropout, activation="gelu",
             batch_first=True, norm_first=True,

@@ -68,6 +68,8 @@ class GraphTransformNet(nn.Module):
         max_input_length: longest question (in graphemes) :meth:`forward` accepts;
             memory grows as its square (default ``4096``).
         block: ``"pre_ln"`` (default) or ``"gps"``, the layers' form (see above).
+        message_gate: initial value of the pre-LN blocks' message-passing gates
+            (default ``0``; :class:`~pyg_grapheme.nn.GatedMessagePassing`).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -94,6 +96,7 @@ class GraphTransformNet(nn.Module):
         dropout: float = 0.0,
         max_input_length: int = 4096,
         block: str = "pre_ln",
+        message_gate: float = 0.0,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -115,13 +118,14 @@ class GraphTransformNet(nn.Module):
             )
         else:
             self.enc = nn.ModuleList(
-                PreNormGraphBlock(hidden, heads, ff_mult, dropout) for _ in range(encoder_layers)
+                PreNormGraphBlock(hidden, heads, ff_mult, dropout, gate=message_gate)
+                for _ in range(encoder_layers)
             )
         self.enc_norm = nn.LayerNorm(hidden) if block == "pre_ln" else nn.Identity()
         self.slots = nn.Embedding(max_answer_length, hidden)
         self.canvas_norm = nn.LayerNorm(hidden)
         self.local = nn.ModuleList(
-            DAGConv(hidden) if block == "gps" else GatedMessagePassing(hidden)
+            DAGConv(hidden) if block == "gps" else GatedMessagePassing(hidden, gate=message_gate)
             for _ in range(decoder_layers)
         )
         self.dec = nn.ModuleList(

@@ -80,7 +80,8 @@ class GraphemeModule(L.LightningModule):
 
     Args:
         hidden, heads, encoder_layers, decoder_layers, max_answer_length, ff_mult,
-            pool_threshold, pool_tau, pool_proj_channels, dropout, max_input_length, block:
+            pool_threshold, pool_tau, pool_proj_channels, dropout, max_input_length, block,
+            message_gate:
             :class:`GraphTransformNet`.
         segmentation_weight: weight of :func:`~pyg_grapheme.loss.segmentation_nll`.
         alpha, beta, gamma, reg: :func:`~pyg_grapheme.loss.structural_loss` weights and
@@ -116,6 +117,7 @@ class GraphemeModule(L.LightningModule):
         dropout: float = 0.0,
         max_input_length: int = 4096,
         block: str = "pre_ln",
+        message_gate: float = 0.0,
         segmentation_weight: float = 1.0,
         alpha: float = 0.0,
         beta: float = 0.0,
@@ -149,6 +151,7 @@ class GraphemeModule(L.LightningModule):
             dropout=dropout,
             max_input_length=max_input_length,
             block=block,
+            message_gate=message_gate,
         )
         self.val_cer = CharErrorRate()
         self.examples: list[tuple[str, str, str]] = []

@@ -163,6 +163,7 @@ def test_gated_message_passing_starts_as_identity_and_learns_its_gate():
     layer.reset_parameters()
     assert torch.equal(layer.gate, torch.zeros(8))
     assert repr(layer) == "GatedMessagePassing(8, backward=True)"
+    assert torch.equal(GatedMessagePassing(8, gate=1.0).gate, torch.ones(8))
 
 
 @pytest.mark.parametrize("device", DEVICES)
