@@ -16,6 +16,7 @@ from pyg_grapheme.nn.components import METHODS, connected_components
 REDUCE = ("mean", "max", "sum", "attention")
 EDGE_REDUCE = ("mean", "sum", "max", "min", "mul")
 SIMILARITY = ("cosine", "half_cosine")
+SCORE_NORM = ("graph", "none")
 ESTIMATOR = ("counts", "score")
 
 
@@ -129,6 +130,22 @@ def merge_logit(score: Tensor, theta: Tensor, tau: float = 1.0, eps: float = 1e-
     saturating when the threshold nears 1, where near-duplicate features sit."""
     z = torch.logit(score, eps=eps) - theta
     return z if tau == 1.0 else z / tau
+
+
+def standardize_per_graph(
+    value: Tensor, edge_batch: Tensor, dim_size: int, eps: float = 1e-4
+) -> Tensor:
+    r"""Standardise :obj:`value` :obj:`[E]` within each graph,
+    :math:`(v_e - \mu_g) / \sqrt{\sigma_g^2 + \epsilon}`, with the mean and the (biased)
+    variance over the edges of the graph :math:`g` of each edge. :obj:`dim_size` bounds
+    the graph ids (the node count does; a static size keeps :mod:`torch.compile` free of
+    a host sync). A graph whose edges all score alike gets 0 everywhere."""
+    count = value.new_zeros(dim_size).index_add_(0, edge_batch, torch.ones_like(value))
+    count = count.clamp(min=1.0)
+    mean = value.new_zeros(dim_size).index_add_(0, edge_batch, value) / count
+    d = value - mean.index_select(0, edge_batch)
+    var = value.new_zeros(dim_size).index_add_(0, edge_batch, d * d) / count
+    return d * torch.rsqrt(var + eps).index_select(0, edge_batch)
 
 
 def forced_merges(z: Tensor, edge_batch: Tensor, num_clusters: Tensor) -> Tensor:
@@ -523,9 +540,13 @@ class ThresholdMergePool(torch.nn.Module):
         stochastic: bool = False,
         components: str = "auto",
         eps: float = 1e-6,
+        score_norm: str | None = None,
     ):
         super().__init__()
+        if score_norm is None:
+            score_norm = "graph" if proj_channels is None else "none"
         for name, value, options in [
+            ("score_norm", score_norm, SCORE_NORM),
             ("reduce", reduce, REDUCE),
             ("similarity", similarity, SIMILARITY),
             ("edge_reduce", edge_reduce, EDGE_REDUCE),
@@ -549,6 +570,7 @@ class ThresholdMergePool(torch.nn.Module):
         self.stochastic = stochastic
         self.components = components
         self.eps = eps
+        self.score_norm = score_norm
 
         self.theta = Parameter(torch.empty(()))
         self.proj = Linear(in_channels, proj_channels, bias=False) if proj_channels else None
@@ -558,7 +580,10 @@ class ThresholdMergePool(torch.nn.Module):
     def reset_parameters(self):
         r"""Resets all learnable parameters of the module."""
         with torch.no_grad():
-            self.theta.fill_(math.log(self.threshold / (1.0 - self.threshold)))
+            if self.score_norm == "graph":  # theta in standard deviations: a quantile
+                self.theta.fill_(float(torch.special.ndtri(torch.tensor(self.threshold))))
+            else:
+                self.theta.fill_(math.log(self.threshold / (1.0 - self.threshold)))
         if self.proj is not None:
             self.proj.reset_parameters()
         if self.att is not None:
@@ -597,14 +622,16 @@ class ThresholdMergePool(torch.nn.Module):
             batch = edge_index.new_zeros(num_nodes)
         row, col = edge_index[0], edge_index[1]
 
-        score, z = self._score(x, edge_index)
+        score, z = self._score(x, edge_index, batch)
         p = torch.sigmoid(z)
         if merged is None and num_clusters is not None:
             merged = forced_merges(z, batch.index_select(0, row), num_clusters)
         if merged is None:
             if self.training and (self.stochastic or self.estimator == "score"):
                 merged = torch.bernoulli(p.detach()).bool()
-            else:
+            elif self.score_norm == "graph":
+                merged = z > 0
+            else:  # the exact rule, also outside the logit's clip
                 merged = score > torch.sigmoid(self.theta)
             # PyG batches have no edges between graphs; this makes it a guarantee.
             merged = merged & (batch.index_select(0, row) == batch.index_select(0, col))
@@ -650,18 +677,39 @@ class ThresholdMergePool(torch.nn.Module):
             log_prob,
         )
 
-    def _score(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+    def _score(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         h = x if self.proj is None else self.proj(x.flatten(1))
         score = edge_similarity(h, edge_index, self.similarity)
-        return score, merge_logit(score, self.theta, self.tau, self.eps)
+        if self.score_norm == "none":
+            return score, merge_logit(score, self.theta, self.tau, self.eps)
+        logit = torch.logit(score, eps=self.eps)
+        edge_batch = (edge_index.new_zeros(edge_index.size(1)) if batch is None
+                      else batch.index_select(0, edge_index[0]))
+        z = standardize_per_graph(logit, edge_batch, max(x.size(0), 1)) - self.theta
+        return score, z if self.tau == 1.0 else z / self.tau
 
-    def merge_logits(self, x: Tensor, edge_index: Tensor) -> Tensor:
+    def learnt_threshold(self) -> float:
+        r"""The threshold as a number in :math:`(0, 1)`: :math:`\sigma(\theta)` (a
+        similarity) with :obj:`score_norm="none"`, :math:`\Phi(\theta)` (a quantile of
+        a graph's standardised scores) with :obj:`score_norm="graph"`; equal to the
+        :obj:`threshold` argument after :meth:`reset_parameters`."""
+        theta = self.theta.detach().float()
+        if self.score_norm == "graph":
+            return float(torch.special.ndtr(theta))
+        return float(torch.sigmoid(theta))
+
+    def merge_logits(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None
+    ) -> Tensor:
         r"""The logit :math:`z_e` of every edge's merge probability :math:`p_e =
         \sigma(z_e)` (:obj:`[E]`), differentiable w.r.t. :obj:`x` and :math:`\theta`:
         what a loss that marginalises over the merge decisions (e.g.
         :func:`~pyg_grapheme.loss.segmentation_nll` on chains) needs, with no forward
-        pass of the quotient."""
-        return self._score(x, edge_index)[1]
+        pass of the quotient. With :obj:`score_norm="graph"` pass the :obj:`batch` the
+        forward gets (the scores are standardised per graph)."""
+        return self._score(x, edge_index, batch)[1]
 
     def _reduce(self, x: Tensor, cluster: Tensor, num_clusters: int, size: Tensor) -> Tensor:
         if self.reduce == "max":
@@ -709,9 +757,9 @@ class ThresholdMergePool(torch.nn.Module):
         return (losses + advantage * log_probs).mean(0).sum()
 
     def __repr__(self) -> str:
-        thr = torch.sigmoid(self.theta.detach()).item()
         return (
             f"{self.__class__.__name__}({self.in_channels}, reduce={self.reduce}, "
-            f"threshold={thr:.4g}, tau={self.tau}, similarity={self.similarity}, "
+            f"threshold={self.learnt_threshold():.4g}, tau={self.tau}, "
+            f"similarity={self.similarity}, score_norm={self.score_norm}, "
             f"estimator={self.estimator})"
         )
