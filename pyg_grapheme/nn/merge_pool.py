@@ -20,36 +20,86 @@ SCORE_NORM = ("graph", "none")
 ESTIMATOR = ("counts", "score")
 
 
-class PoolOutput(NamedTuple):
-    r"""The output of :class:`ThresholdMergePool` (:math:`N`/:math:`E` input nodes and
-    edges, :math:`C`/:math:`G` output nodes and edges).
+class UnpoolInfo(NamedTuple):
+    r"""What :meth:`ThresholdMergePool.unpool` needs, and everything else the pooling
+    step decided (:math:`N`/:math:`E` input nodes and edges, :math:`C`/:math:`G` output
+    nodes and edges). The first three fields mirror
+    :class:`torch_geometric.nn.pool.edge_pool.UnpoolInfo`.
 
     Fields:
-        x: pooled node features :obj:`[C, F]`.
-        edge_index: coarsened, coalesced edges without self-loops :obj:`[2, G]`.
+        edge_index: the input edges :obj:`[2, E]`.
+        cluster: output node of each input node :obj:`[N]`.
+        batch: the input batch vector :obj:`[N]`.
         edge_weight: pooled edge weights :obj:`[G]` (or :obj:`[G, D]` for edge
             features); value = reduced input weights (1 if none), gradient of the
             coarse edge's share of the expected edge count (``estimator="counts"``).
         node_weight: node masses :obj:`[C]`, value exactly 1, gradient of the
             cluster's share of the expected node count (``estimator="counts"``).
-        batch: graph of each output node :obj:`[C]` (sorted if the input was).
-        cluster: output node of each input node :obj:`[N]`; unpool with
-            ``x_pooled[cluster]`` (:meth:`ThresholdMergePool.unpool`).
         merge_prob: relaxed merge probability :math:`p_e` of each input edge :obj:`[E]`.
         merged: hard merge decision of each input edge :obj:`[E]` (bool).
         log_prob: :math:`\log P(\text{merged}_e)` under :math:`\mathrm{Bernoulli}(p_e)`
             :obj:`[E]`, for score-function estimators (``estimator="score"``).
     """
 
-    x: Tensor
     edge_index: Tensor
+    cluster: Tensor
+    batch: Tensor
     edge_weight: Tensor
     node_weight: Tensor
-    batch: Tensor
-    cluster: Tensor
     merge_prob: Tensor
     merged: Tensor
     log_prob: Tensor
+
+
+class PoolOutput(NamedTuple):
+    r"""The output of :class:`ThresholdMergePool`: unpacks like
+    :class:`~torch_geometric.nn.pool.EdgePooling`'s,
+    ``x, edge_index, batch, unpool_info = pool(x, edge_index, batch)``, and reads
+    :class:`UnpoolInfo`'s other fields by name (:obj:`out.edge_weight`,
+    :obj:`out.node_weight`, :obj:`out.cluster`, :obj:`out.merge_prob`,
+    :obj:`out.merged`, :obj:`out.log_prob`).
+
+    Fields:
+        x: pooled node features :obj:`[C, F]`.
+        edge_index: coarsened, coalesced edges without self-loops :obj:`[2, G]`.
+        batch: graph of each output node :obj:`[C]` (sorted if the input was).
+        unpool_info: :class:`UnpoolInfo`, for :meth:`ThresholdMergePool.unpool`.
+    """
+
+    x: Tensor
+    edge_index: Tensor
+    batch: Tensor
+    unpool_info: UnpoolInfo
+
+    @property
+    def edge_weight(self) -> Tensor:
+        """Pooled edge weights :obj:`[G]` (:attr:`UnpoolInfo.edge_weight`)."""
+        return self.unpool_info.edge_weight
+
+    @property
+    def node_weight(self) -> Tensor:
+        """Node masses :obj:`[C]` (:attr:`UnpoolInfo.node_weight`)."""
+        return self.unpool_info.node_weight
+
+    @property
+    def cluster(self) -> Tensor:
+        """Output node of each input node :obj:`[N]`."""
+        return self.unpool_info.cluster
+
+    @property
+    def merge_prob(self) -> Tensor:
+        """:math:`p_e` of each input edge :obj:`[E]`."""
+        return self.unpool_info.merge_prob
+
+    @property
+    def merged(self) -> Tensor:
+        """Hard merge decision of each input edge :obj:`[E]`."""
+        return self.unpool_info.merged
+
+    @property
+    def log_prob(self) -> Tensor:
+        r""":math:`\log P(\text{merged}_e)` :obj:`[E]`."""
+        return self.unpool_info.log_prob
 
 
 #: Edges per chunk in the cosine kernels: keeps each [chunk, F] temporary near 4 MiB so
@@ -522,9 +572,11 @@ class ThresholdMergePool(torch.nn.Module):
         - **input:** node features :math:`(N, F)`, edge indices :math:`(2, E)`, batch
           vector :math:`(N)` *(optional)*, edge weights :math:`(E)` or :math:`(E, D)`
           *(optional)*
-        - **output:** :class:`PoolOutput` with :math:`(C, F)`, :math:`(2, G)`,
-          :math:`(G)`, :math:`(C)`, :math:`(C)`, :math:`(N)`, :math:`(E)`, :math:`(E)`,
-          :math:`(E)`.
+        - **output:** :class:`PoolOutput` ``(x, edge_index, batch, unpool_info)`` with
+          :math:`(C, F)`, :math:`(2, G)`, :math:`(C)` and :class:`UnpoolInfo`
+          (:obj:`edge_weight` :math:`(G)`, :obj:`node_weight` :math:`(C)`,
+          :obj:`cluster` :math:`(N)`, :obj:`merge_prob`, :obj:`merged`,
+          :obj:`log_prob` :math:`(E)`), also readable as :obj:`out.edge_weight` etc.
     """
 
     def __init__(
@@ -594,8 +646,8 @@ class ThresholdMergePool(torch.nn.Module):
         x: Tensor,
         edge_index: Tensor,
         batch: Tensor | None = None,
-        edge_weight: Tensor | None = None,
         *,
+        edge_weight: Tensor | None = None,
         merged: Tensor | None = None,
         num_clusters: Tensor | None = None,
     ) -> PoolOutput:
@@ -665,17 +717,9 @@ class ThresholdMergePool(torch.nn.Module):
             if out_edge_weight is None:
                 out_edge_weight = x.new_ones(num_coarse)
 
-        return PoolOutput(
-            out_x,
-            q.edge_index,
-            out_edge_weight,
-            node_weight,
-            q.batch,
-            q.cluster,
-            p,
-            merged,
-            log_prob,
-        )
+        info = UnpoolInfo(edge_index, q.cluster, batch, out_edge_weight, node_weight, p,
+                          merged, log_prob)
+        return PoolOutput(out_x, q.edge_index, q.batch, info)
 
     def _score(
         self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None
@@ -726,11 +770,17 @@ class ThresholdMergePool(torch.nn.Module):
         return out
 
     @staticmethod
-    def unpool(x: Tensor, cluster: Tensor) -> Tensor:
-        r"""Copies every pooled node back to the input nodes of its cluster,
-        :obj:`x[cluster]` (:obj:`[C, F] -> [N, F]`); the input :obj:`edge_index` and
-        :obj:`batch` are the caller's."""
-        return x[cluster]
+    def unpool(x: Tensor, unpool_info: UnpoolInfo) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Undoes a pooling step like :meth:`EdgePooling.unpool
+        <torch_geometric.nn.pool.EdgePooling.unpool>`: copies every pooled node back to
+        the input nodes of its cluster, :obj:`x[cluster]` (:obj:`[C, F] -> [N, F]`).
+
+        Returns :obj:`(x, edge_index, batch)` of the input graph."""
+        if not isinstance(unpool_info, UnpoolInfo):
+            raise TypeError("unpool takes the UnpoolInfo of the forward "
+                            f"(out.unpool_info), got {type(unpool_info).__name__}; for a "
+                            "cluster vector use x[cluster]")
+        return x[unpool_info.cluster], unpool_info.edge_index, unpool_info.batch
 
     @staticmethod
     def score_function_loss(losses: Tensor, log_probs: Tensor) -> Tensor:

@@ -73,8 +73,14 @@ def random_batch(num_graphs=5, seed=0, dim=6, undirected=False, empty=()):
     return Batch.from_data_list(data)
 
 
+def flat(out: PoolOutput) -> dict:
+    """Every tensor of a PoolOutput by name, the UnpoolInfo's fields included."""
+    d = {f"out.{k}": v for k, v in out._asdict().items() if k != "unpool_info"}
+    return d | {f"info.{k}": v for k, v in out.unpool_info._asdict().items()}
+
+
 def assert_finite(out: PoolOutput):
-    for name, t in out._asdict().items():
+    for name, t in flat(out).items():
         if t.is_floating_point():
             assert torch.isfinite(t).all(), name
 
@@ -243,8 +249,9 @@ def test_coarsen_edges_returns_inverse_map():
 def test_unpool_inverts_mean_pooling_on_clusters():
     b = random_batch(3, seed=5)
     out = ThresholdMergePool(6, score_norm="none", threshold=0.7)(b.x, b.edge_index, b.batch)
-    up = ThresholdMergePool.unpool(out.x, out.cluster)
+    up, ei, batch = ThresholdMergePool.unpool(out.x, out.unpool_info)
     assert up.shape == b.x.shape
+    assert ei is b.edge_index and batch is b.batch
     assert torch.allclose(scatter(up, out.cluster, 0, reduce="mean"), out.x, atol=1e-6)
 
 
@@ -668,7 +675,7 @@ def test_torch_compile_matches_eager():
     x2 = b.x.clone().requires_grad_()
     out1 = pool(x1, b.edge_index, b.batch)
     out2 = compiled(x2, b.edge_index, b.batch)
-    for a, c in zip(out1, out2, strict=True):
+    for a, c in zip(flat(out1).values(), flat(out2).values(), strict=True):
         assert torch.allclose(a.float(), c.float())
     (out1.x.sum() + out1.node_weight.sum()).backward()
     (out2.x.sum() + out2.node_weight.sum()).backward()
