@@ -4,11 +4,13 @@ generated labelled graphs that are not chains (undirected, with cycles).
     python experiments/structural_autoencoder.py            # ~minutes, one thread
 
 Graphs: 5-7 nodes, 4 labels (one-hot), edge {i, j} with probability 0.4, stored in both
-directions. Model: GIN encoder (3 layers, hidden 64, one-hot labels plus 8 random node
-features drawn per forward, so WL-alike nodes can differ) and a decoder that gives every
-node a label distribution (softmax) and every ordered pair of nodes of the same graph
-an edge probability sigmoid(<W h_i, W h_j> + b): a soft graph with as many nodes as the
-input. Trained (Adam, lr 3e-3, batch 32) with nothing but
+directions. Model: GIN encoder (3 layers, hidden 64, input the one-hot labels) and a
+decoder that gives every node a label distribution, softmax(Linear(h) + 4 x) (the skip
+starts each node near its own label, so the transport plan starts near the identity:
+without it every node starts alike, the plan uniform, and the loss fell only from 12 to
+10 in 60 steps), and every ordered pair of nodes of the same graph an edge probability
+sigmoid(<W h_i, W h_j> + b): a soft graph with as many nodes as the input. Trained (Adam,
+lr 3e-3, batch 32) with nothing but
 ``structural_loss(reconstruction, input, alpha=1, beta=0.5, gamma=0)`` (beta 0.5: each
 undirected edge is two directed ones).
 
@@ -113,9 +115,10 @@ def from_soft(x: torch.Tensor, edge_index: torch.Tensor, prob: torch.Tensor) -> 
 
 
 class GraphAutoencoder(torch.nn.Module):
-    def __init__(self, hidden: int = 64, noise: int = 8):
+    def __init__(self, hidden: int = 64, noise: int = 0, skip: float = 4.0):
         super().__init__()
         self.noise = noise
+        self.skip = skip
         dims = [LABELS + noise, hidden, hidden, hidden]
         self.convs = torch.nn.ModuleList(
             GINConv(torch.nn.Sequential(torch.nn.Linear(a, b), torch.nn.ReLU(),
@@ -137,7 +140,10 @@ class GraphAutoencoder(torch.nn.Module):
         pairs = same.nonzero().t()
         w = self.edge(h)
         prob = torch.sigmoid((w[pairs[0]] * w[pairs[1]]).sum(-1) + self.edge_bias)
-        return Batch(x=self.label(h).softmax(-1), edge_index=pairs, edge_weight=prob,
+        # the skip starts each node near its own label: the transport plan then starts
+        # near the identity instead of uniform (all nodes alike), which it cannot leave
+        logits = self.label(h) + self.skip * data.x
+        return Batch(x=logits.softmax(-1), edge_index=pairs, edge_weight=prob,
                      batch=data.batch, ptr=data.ptr)
 
 

@@ -189,3 +189,30 @@ def test_compile_inductor_matches_eager():
     (out1.x.sum() + out1.node_weight.sum() + out1.edge_weight.sum()).backward()
     (out2.x.sum() + out2.node_weight.sum() + out2.edge_weight.sum()).backward()
     torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_digits_default_does_not_collapse_an_image():
+    """The collapse the defaults had (issue 14): after GraphConv + ReLU neighbouring
+    pixels have cosine ~0.97, so threshold 0.5 on the cosine merged every 8x8 digit into
+    one node; the per-graph normalisation merges about half of each image's edges."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from torch_geometric.nn import GraphConv
+
+    images = torch.tensor(datasets.load_digits().images[:64], dtype=torch.float32) / 16
+    idx = torch.arange(64).view(8, 8)
+    ei = to_undirected(torch.cat([
+        torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)]),
+        torch.stack([idx[:-1].reshape(-1), idx[1:].reshape(-1)])], dim=1))
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], 1) / 7
+    b = Batch.from_data_list([Data(x=torch.cat([im.reshape(-1, 1), pos], 1), edge_index=ei)
+                              for im in images])
+    torch.manual_seed(0)
+    h = torch.relu(GraphConv(3, 32)(b.x, b.edge_index))
+    with torch.no_grad():
+        old = ThresholdMergePool(32, score_norm="none")(h, b.edge_index, b.batch)
+        new = ThresholdMergePool(32)(h, b.edge_index, b.batch)
+    assert old.x.size(0) / 64 < 2  # the collapse
+    nodes = torch.bincount(new.batch, minlength=64).float()
+    assert 0.35 < new.merged.float().mean() < 0.65
+    assert nodes.min() >= 4 and nodes.mean() > 10
