@@ -3,6 +3,7 @@
 
     python experiments/pool_digits.py                       # the table (one thread)
     python experiments/pool_digits.py --fixed 0.3 0.6 0.9   # + frozen-threshold rows
+    python experiments/pool_digits.py --diagnose            # why the old default collapsed
 
 One node per pixel (features: intensity / 16, row / 7, column / 7), 4-neighbour edges in
 both directions (224 per image). The same model for every pool:
@@ -214,6 +215,41 @@ def run(pool: str, graphs, seed: int, epochs: int, hidden: int,
     return info
 
 
+def diagnose(graphs: list[Data], hidden: int) -> None:
+    """Why the old default (cosine > 0.5) merged every digit into one node: quantiles of
+    the neighbour cosine after GraphConv + ReLU, raw, centred per graph and through a
+    random projection, at initialisation and after 5 epochs without a pool (seed 0)."""
+    from torch_geometric.utils import scatter
+
+    from pyg_grapheme.nn.merge_pool import edge_similarity
+
+    train, test = split(graphs, 0)
+    data = next(iter(DataLoader(test, batch_size=64)))
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+
+    def show(model, tag):
+        with torch.no_grad():
+            h = F.relu(model.conv1(data.x, data.edge_index))
+            mu = scatter(h, data.batch, 0, reduce="mean")[data.batch]
+            proj = torch.nn.Linear(hidden, hidden, bias=False)
+            for name, f in [("raw", h), ("centred per graph", h - mu), ("random projection",
+                                                                          proj(h))]:
+                s = edge_similarity(f, data.edge_index).quantile(q)
+                print(f"| {tag} | {name} | " + " | ".join(f"{v:.3f}" for v in s) + " |")
+
+    print("\n| model | features | 5% | 25% | 50% | 75% | 95% |\n|---|---|---|---|---|---|---|")
+    torch.manual_seed(0)
+    model = Classifier("none", hidden)
+    show(model, "init")
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(5):
+        for d in DataLoader(train, batch_size=64, shuffle=True):
+            opt.zero_grad()
+            F.cross_entropy(model(d.x, d.edge_index, d.batch), d.y).backward()
+            opt.step()
+    show(model, "5 epochs, no pool")
+
+
 def fmt(values: list[float], digits: int = 3) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} +- {sd:.{digits}f}"
@@ -229,9 +265,14 @@ def main():
                         help="ThresholdMergePool's feature reduction (mean, sum, max, attention)")
     parser.add_argument("--fixed", nargs="*", type=float, default=[],
                         help="frozen thresholds for extra ThresholdMergePool rows")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="only print the neighbour-cosine quantiles (the old collapse)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     graphs = load_graphs()
+    if args.diagnose:
+        diagnose(graphs, args.hidden)
+        return
     print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}; digits: "
           f"{len(graphs)} images as 64-node 4-neighbour pixel graphs, {args.epochs} epochs, "
           f"seeds 0..{args.seeds - 1}, stratified 80/20, hidden {args.hidden}, "
