@@ -7,10 +7,9 @@ Graphs: 5-7 nodes, 4 labels (one-hot), edge {i, j} with probability 0.4, stored 
 directions. Model: GIN encoder (3 layers, hidden 64, input the one-hot labels) and a
 decoder that gives every node a label distribution, softmax(Linear(h) + 4 x) (the skip
 starts each node near its own label, so the transport plan starts near the identity:
-without it every node starts alike, the plan uniform, and the loss fell only from 12 to
-10 in 60 steps), and every ordered pair of nodes of the same graph an edge probability
-sigmoid(<W h_i, W h_j> + b): a soft graph with as many nodes as the input. Trained (Adam,
-lr 3e-3, batch 32) with nothing but
+without it every node starts alike and the plan uniform), and every ordered pair of
+nodes of the same graph an edge probability sigmoid(<W h_i, W h_j> + b): a soft graph
+with as many nodes as the input. Trained (Adam, lr 3e-3, batch 32) with nothing but
 ``structural_loss(reconstruction, input, alpha=1, beta=0.5, gamma=0)`` (beta 0.5: each
 undirected edge is two directed ones).
 
