@@ -59,7 +59,7 @@ class Classifier(torch.nn.Module):
         self.conv2 = GCNConv(hidden, hidden)
         self.lin = torch.nn.Linear(hidden, 3)
         if pool == "ThresholdMergePool":
-            self.pool = ThresholdMergePool(hidden, threshold=0.9)
+            self.pool = ThresholdMergePool(hidden)  # the defaults
         elif pool == "EdgePooling":
             self.pool = EdgePooling(hidden)
         elif pool == "ClusterPooling":
@@ -70,12 +70,10 @@ class Classifier(torch.nn.Module):
     def forward(self, x, edge_index, batch):
         x = F.relu(self.conv1(x, edge_index))
         edge_weight = node_weight = None
-        if isinstance(self.pool, ThresholdMergePool):
-            out = self.pool(x, edge_index, batch)
-            x, edge_index, batch = out.x, out.edge_index, out.batch
-            edge_weight, node_weight = out.edge_weight, out.node_weight
-        elif self.pool is not None:
-            x, edge_index, batch, _ = self.pool(x, edge_index, batch)
+        if self.pool is not None:  # all three unpack alike
+            x, edge_index, batch, info = self.pool(x, edge_index, batch)
+            if isinstance(self.pool, ThresholdMergePool):
+                edge_weight, node_weight = info.edge_weight, info.node_weight
         self.last_num_nodes = x.size(0)
         x = F.relu(self.conv2(x, edge_index, edge_weight))
         if node_weight is not None:
@@ -119,7 +117,7 @@ def run(pool: str, train, test, epochs: int, seed: int) -> dict:
     info = {"pool": pool, "acc": acc, "train_acc": accuracy(model, loader),
             "seconds": seconds, "kept": sum(sizes) / len(sizes)}
     if isinstance(model.pool, ThresholdMergePool):
-        info["threshold"] = float(torch.sigmoid(model.pool.theta.detach()))
+        info["threshold"] = model.pool.learnt_threshold()
     return info
 
 
@@ -139,7 +137,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for pool in ["ThresholdMergePool", "EdgePooling", "ClusterPooling", "none"]:
         r = run(pool, train, test, args.epochs, args.seed)
-        note = f"learned threshold {r['threshold']:.3f} (from 0.9)" if "threshold" in r else ""
+        note = f"learned threshold {r['threshold']:.3f} (from 0.5)" if "threshold" in r else ""
         print(f"| {r['pool']} | {r['acc']:.3f} | {r['train_acc']:.3f} | {r['kept']:.2f} | "
               f"{r['seconds']:.1f} | {note} |", flush=True)
 

@@ -16,39 +16,90 @@ from pyg_grapheme.nn.components import METHODS, connected_components
 REDUCE = ("mean", "max", "sum", "attention")
 EDGE_REDUCE = ("mean", "sum", "max", "min", "mul")
 SIMILARITY = ("cosine", "half_cosine")
+SCORE_NORM = ("graph", "none")
 ESTIMATOR = ("counts", "score")
 
 
-class PoolOutput(NamedTuple):
-    r"""The output of :class:`ThresholdMergePool` (:math:`N`/:math:`E` input nodes and
-    edges, :math:`C`/:math:`G` output nodes and edges).
+class UnpoolInfo(NamedTuple):
+    r"""What :meth:`ThresholdMergePool.unpool` needs, and everything else the pooling
+    step decided (:math:`N`/:math:`E` input nodes and edges, :math:`C`/:math:`G` output
+    nodes and edges). The first three fields mirror
+    :class:`torch_geometric.nn.pool.edge_pool.UnpoolInfo`.
 
     Fields:
-        x: pooled node features :obj:`[C, F]`.
-        edge_index: coarsened, coalesced edges without self-loops :obj:`[2, G]`.
+        edge_index: the input edges :obj:`[2, E]`.
+        cluster: output node of each input node :obj:`[N]`.
+        batch: the input batch vector :obj:`[N]`.
         edge_weight: pooled edge weights :obj:`[G]` (or :obj:`[G, D]` for edge
             features); value = reduced input weights (1 if none), gradient of the
             coarse edge's share of the expected edge count (``estimator="counts"``).
         node_weight: node masses :obj:`[C]`, value exactly 1, gradient of the
             cluster's share of the expected node count (``estimator="counts"``).
-        batch: graph of each output node :obj:`[C]` (sorted if the input was).
-        cluster: output node of each input node :obj:`[N]`; unpool with
-            ``x_pooled[cluster]`` (:meth:`ThresholdMergePool.unpool`).
         merge_prob: relaxed merge probability :math:`p_e` of each input edge :obj:`[E]`.
         merged: hard merge decision of each input edge :obj:`[E]` (bool).
         log_prob: :math:`\log P(\text{merged}_e)` under :math:`\mathrm{Bernoulli}(p_e)`
             :obj:`[E]`, for score-function estimators (``estimator="score"``).
     """
 
-    x: Tensor
     edge_index: Tensor
+    cluster: Tensor
+    batch: Tensor
     edge_weight: Tensor
     node_weight: Tensor
-    batch: Tensor
-    cluster: Tensor
     merge_prob: Tensor
     merged: Tensor
     log_prob: Tensor
+
+
+class PoolOutput(NamedTuple):
+    r"""The output of :class:`ThresholdMergePool`: unpacks like
+    :class:`~torch_geometric.nn.pool.EdgePooling`'s,
+    ``x, edge_index, batch, unpool_info = pool(x, edge_index, batch)``, and reads
+    :class:`UnpoolInfo`'s other fields by name (:obj:`out.edge_weight`,
+    :obj:`out.node_weight`, :obj:`out.cluster`, :obj:`out.merge_prob`,
+    :obj:`out.merged`, :obj:`out.log_prob`).
+
+    Fields:
+        x: pooled node features :obj:`[C, F]`.
+        edge_index: coarsened, coalesced edges without self-loops :obj:`[2, G]`.
+        batch: graph of each output node :obj:`[C]` (sorted if the input was).
+        unpool_info: :class:`UnpoolInfo`, for :meth:`ThresholdMergePool.unpool`.
+    """
+
+    x: Tensor
+    edge_index: Tensor
+    batch: Tensor
+    unpool_info: UnpoolInfo
+
+    @property
+    def edge_weight(self) -> Tensor:
+        """Pooled edge weights :obj:`[G]` (:attr:`UnpoolInfo.edge_weight`)."""
+        return self.unpool_info.edge_weight
+
+    @property
+    def node_weight(self) -> Tensor:
+        """Node masses :obj:`[C]` (:attr:`UnpoolInfo.node_weight`)."""
+        return self.unpool_info.node_weight
+
+    @property
+    def cluster(self) -> Tensor:
+        """Output node of each input node :obj:`[N]`."""
+        return self.unpool_info.cluster
+
+    @property
+    def merge_prob(self) -> Tensor:
+        """:math:`p_e` of each input edge :obj:`[E]`."""
+        return self.unpool_info.merge_prob
+
+    @property
+    def merged(self) -> Tensor:
+        """Hard merge decision of each input edge :obj:`[E]`."""
+        return self.unpool_info.merged
+
+    @property
+    def log_prob(self) -> Tensor:
+        r""":math:`\log P(\text{merged}_e)` :obj:`[E]`."""
+        return self.unpool_info.log_prob
 
 
 #: Edges per chunk in the cosine kernels: keeps each [chunk, F] temporary near 4 MiB so
@@ -129,6 +180,22 @@ def merge_logit(score: Tensor, theta: Tensor, tau: float = 1.0, eps: float = 1e-
     saturating when the threshold nears 1, where near-duplicate features sit."""
     z = torch.logit(score, eps=eps) - theta
     return z if tau == 1.0 else z / tau
+
+
+def standardize_per_graph(
+    value: Tensor, edge_batch: Tensor, dim_size: int, eps: float = 1e-4
+) -> Tensor:
+    r"""Standardise :obj:`value` :obj:`[E]` within each graph,
+    :math:`(v_e - \mu_g) / \sqrt{\sigma_g^2 + \epsilon}`, with the mean and the (biased)
+    variance over the edges of the graph :math:`g` of each edge. :obj:`dim_size` bounds
+    the graph ids (the node count does; a static size keeps :mod:`torch.compile` free of
+    a host sync). A graph whose edges all score alike gets 0 everywhere."""
+    count = value.new_zeros(dim_size).index_add_(0, edge_batch, torch.ones_like(value))
+    count = count.clamp(min=1.0)
+    mean = value.new_zeros(dim_size).index_add_(0, edge_batch, value) / count
+    d = value - mean.index_select(0, edge_batch)
+    var = value.new_zeros(dim_size).index_add_(0, edge_batch, d * d) / count
+    return d * torch.rsqrt(var + eps).index_select(0, edge_batch)
 
 
 def forced_merges(z: Tensor, edge_batch: Tensor, num_clusters: Tensor) -> Tensor:
@@ -505,9 +572,11 @@ class ThresholdMergePool(torch.nn.Module):
         - **input:** node features :math:`(N, F)`, edge indices :math:`(2, E)`, batch
           vector :math:`(N)` *(optional)*, edge weights :math:`(E)` or :math:`(E, D)`
           *(optional)*
-        - **output:** :class:`PoolOutput` with :math:`(C, F)`, :math:`(2, G)`,
-          :math:`(G)`, :math:`(C)`, :math:`(C)`, :math:`(N)`, :math:`(E)`, :math:`(E)`,
-          :math:`(E)`.
+        - **output:** :class:`PoolOutput` ``(x, edge_index, batch, unpool_info)`` with
+          :math:`(C, F)`, :math:`(2, G)`, :math:`(C)` and :class:`UnpoolInfo`
+          (:obj:`edge_weight` :math:`(G)`, :obj:`node_weight` :math:`(C)`,
+          :obj:`cluster` :math:`(N)`, :obj:`merge_prob`, :obj:`merged`,
+          :obj:`log_prob` :math:`(E)`), also readable as :obj:`out.edge_weight` etc.
     """
 
     def __init__(
@@ -523,9 +592,13 @@ class ThresholdMergePool(torch.nn.Module):
         stochastic: bool = False,
         components: str = "auto",
         eps: float = 1e-6,
+        score_norm: str | None = None,
     ):
         super().__init__()
+        if score_norm is None:
+            score_norm = "graph" if proj_channels is None else "none"
         for name, value, options in [
+            ("score_norm", score_norm, SCORE_NORM),
             ("reduce", reduce, REDUCE),
             ("similarity", similarity, SIMILARITY),
             ("edge_reduce", edge_reduce, EDGE_REDUCE),
@@ -549,6 +622,7 @@ class ThresholdMergePool(torch.nn.Module):
         self.stochastic = stochastic
         self.components = components
         self.eps = eps
+        self.score_norm = score_norm
 
         self.theta = Parameter(torch.empty(()))
         self.proj = Linear(in_channels, proj_channels, bias=False) if proj_channels else None
@@ -558,7 +632,10 @@ class ThresholdMergePool(torch.nn.Module):
     def reset_parameters(self):
         r"""Resets all learnable parameters of the module."""
         with torch.no_grad():
-            self.theta.fill_(math.log(self.threshold / (1.0 - self.threshold)))
+            if self.score_norm == "graph":  # theta in standard deviations: a quantile
+                self.theta.fill_(float(torch.special.ndtri(torch.tensor(self.threshold))))
+            else:
+                self.theta.fill_(math.log(self.threshold / (1.0 - self.threshold)))
         if self.proj is not None:
             self.proj.reset_parameters()
         if self.att is not None:
@@ -569,8 +646,8 @@ class ThresholdMergePool(torch.nn.Module):
         x: Tensor,
         edge_index: Tensor,
         batch: Tensor | None = None,
-        edge_weight: Tensor | None = None,
         *,
+        edge_weight: Tensor | None = None,
         merged: Tensor | None = None,
         num_clusters: Tensor | None = None,
     ) -> PoolOutput:
@@ -597,14 +674,16 @@ class ThresholdMergePool(torch.nn.Module):
             batch = edge_index.new_zeros(num_nodes)
         row, col = edge_index[0], edge_index[1]
 
-        score, z = self._score(x, edge_index)
+        score, z = self._score(x, edge_index, batch)
         p = torch.sigmoid(z)
         if merged is None and num_clusters is not None:
             merged = forced_merges(z, batch.index_select(0, row), num_clusters)
         if merged is None:
             if self.training and (self.stochastic or self.estimator == "score"):
                 merged = torch.bernoulli(p.detach()).bool()
-            else:
+            elif self.score_norm == "graph":
+                merged = z > 0
+            else:  # the exact rule, also outside the logit's clip
                 merged = score > torch.sigmoid(self.theta)
             # PyG batches have no edges between graphs; this makes it a guarantee.
             merged = merged & (batch.index_select(0, row) == batch.index_select(0, col))
@@ -638,30 +717,43 @@ class ThresholdMergePool(torch.nn.Module):
             if out_edge_weight is None:
                 out_edge_weight = x.new_ones(num_coarse)
 
-        return PoolOutput(
-            out_x,
-            q.edge_index,
-            out_edge_weight,
-            node_weight,
-            q.batch,
-            q.cluster,
-            p,
-            merged,
-            log_prob,
-        )
+        info = UnpoolInfo(edge_index, q.cluster, batch, out_edge_weight, node_weight, p,
+                          merged, log_prob)
+        return PoolOutput(out_x, q.edge_index, q.batch, info)
 
-    def _score(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+    def _score(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         h = x if self.proj is None else self.proj(x.flatten(1))
         score = edge_similarity(h, edge_index, self.similarity)
-        return score, merge_logit(score, self.theta, self.tau, self.eps)
+        if self.score_norm == "none":
+            return score, merge_logit(score, self.theta, self.tau, self.eps)
+        logit = torch.logit(score, eps=self.eps)
+        edge_batch = (edge_index.new_zeros(edge_index.size(1)) if batch is None
+                      else batch.index_select(0, edge_index[0]))
+        z = standardize_per_graph(logit, edge_batch, max(x.size(0), 1)) - self.theta
+        return score, z if self.tau == 1.0 else z / self.tau
 
-    def merge_logits(self, x: Tensor, edge_index: Tensor) -> Tensor:
+    def learnt_threshold(self) -> float:
+        r"""The threshold as a number in :math:`(0, 1)`: :math:`\sigma(\theta)` (a
+        similarity) with :obj:`score_norm="none"`, :math:`\Phi(\theta)` (a quantile of
+        a graph's standardised scores) with :obj:`score_norm="graph"`; equal to the
+        :obj:`threshold` argument after :meth:`reset_parameters`."""
+        theta = self.theta.detach().float()
+        if self.score_norm == "graph":
+            return float(torch.special.ndtr(theta))
+        return float(torch.sigmoid(theta))
+
+    def merge_logits(
+        self, x: Tensor, edge_index: Tensor, batch: Tensor | None = None
+    ) -> Tensor:
         r"""The logit :math:`z_e` of every edge's merge probability :math:`p_e =
         \sigma(z_e)` (:obj:`[E]`), differentiable w.r.t. :obj:`x` and :math:`\theta`:
         what a loss that marginalises over the merge decisions (e.g.
         :func:`~pyg_grapheme.loss.segmentation_nll` on chains) needs, with no forward
-        pass of the quotient."""
-        return self._score(x, edge_index)[1]
+        pass of the quotient. With :obj:`score_norm="graph"` pass the :obj:`batch` the
+        forward gets (the scores are standardised per graph)."""
+        return self._score(x, edge_index, batch)[1]
 
     def _reduce(self, x: Tensor, cluster: Tensor, num_clusters: int, size: Tensor) -> Tensor:
         if self.reduce == "max":
@@ -678,11 +770,17 @@ class ThresholdMergePool(torch.nn.Module):
         return out
 
     @staticmethod
-    def unpool(x: Tensor, cluster: Tensor) -> Tensor:
-        r"""Copies every pooled node back to the input nodes of its cluster,
-        :obj:`x[cluster]` (:obj:`[C, F] -> [N, F]`); the input :obj:`edge_index` and
-        :obj:`batch` are the caller's."""
-        return x[cluster]
+    def unpool(x: Tensor, unpool_info: UnpoolInfo) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Undoes a pooling step like :meth:`EdgePooling.unpool
+        <torch_geometric.nn.pool.EdgePooling.unpool>`: copies every pooled node back to
+        the input nodes of its cluster, :obj:`x[cluster]` (:obj:`[C, F] -> [N, F]`).
+
+        Returns :obj:`(x, edge_index, batch)` of the input graph."""
+        if not isinstance(unpool_info, UnpoolInfo):
+            raise TypeError("unpool takes the UnpoolInfo of the forward "
+                            f"(out.unpool_info), got {type(unpool_info).__name__}; for a "
+                            "cluster vector use x[cluster]")
+        return x[unpool_info.cluster], unpool_info.edge_index, unpool_info.batch
 
     @staticmethod
     def score_function_loss(losses: Tensor, log_probs: Tensor) -> Tensor:
@@ -709,9 +807,9 @@ class ThresholdMergePool(torch.nn.Module):
         return (losses + advantage * log_probs).mean(0).sum()
 
     def __repr__(self) -> str:
-        thr = torch.sigmoid(self.theta.detach()).item()
         return (
             f"{self.__class__.__name__}({self.in_channels}, reduce={self.reduce}, "
-            f"threshold={thr:.4g}, tau={self.tau}, similarity={self.similarity}, "
+            f"threshold={self.learnt_threshold():.4g}, tau={self.tau}, "
+            f"similarity={self.similarity}, score_norm={self.score_norm}, "
             f"estimator={self.estimator})"
         )

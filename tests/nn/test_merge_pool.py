@@ -73,8 +73,14 @@ def random_batch(num_graphs=5, seed=0, dim=6, undirected=False, empty=()):
     return Batch.from_data_list(data)
 
 
+def flat(out: PoolOutput) -> dict:
+    """Every tensor of a PoolOutput by name, the UnpoolInfo's fields included."""
+    d = {f"out.{k}": v for k, v in out._asdict().items() if k != "unpool_info"}
+    return d | {f"info.{k}": v for k, v in out.unpool_info._asdict().items()}
+
+
 def assert_finite(out: PoolOutput):
-    for name, t in out._asdict().items():
+    for name, t in flat(out).items():
         if t.is_floating_point():
             assert torch.isfinite(t).all(), name
 
@@ -85,7 +91,7 @@ def assert_finite(out: PoolOutput):
 
 def test_threshold_rule_is_cosine_above_sigmoid_theta():
     b = random_batch(6, seed=1)
-    pool = ThresholdMergePool(6, threshold=0.6)
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.6)
     out = pool(b.x, b.edge_index, b.batch)
     cos = F.cosine_similarity(b.x[b.edge_index[0]], b.x[b.edge_index[1]], dim=-1)
     assert torch.equal(out.merged, cos > 0.6)
@@ -100,7 +106,7 @@ def test_threshold_rule_is_cosine_above_sigmoid_theta():
 
 def test_half_cosine_and_projection():
     b = random_batch(4, seed=2)
-    pool = ThresholdMergePool(6, threshold=0.8, similarity="half_cosine")
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.8, similarity="half_cosine")
     out = pool(b.x, b.edge_index, b.batch)
     cos = F.cosine_similarity(b.x[b.edge_index[0]], b.x[b.edge_index[1]], dim=-1)
     assert torch.equal(out.merged, (1 + cos) / 2 > 0.8)
@@ -123,7 +129,7 @@ def test_forced_merges_give_the_wanted_count_with_the_highest_logits(seed):
             for n in sizes]
     batch = Batch.from_data_list(data)
     want = torch.randint(0, 10, (len(data),), generator=gen)  # 0 and > n get clipped
-    pool = ThresholdMergePool(4)
+    pool = ThresholdMergePool(4, score_norm="none")
     out = pool(batch.x, batch.edge_index, batch.batch, num_clusters=want)
     counts = torch.bincount(out.batch, minlength=len(data))
     assert counts.tolist() == want.clamp(min=1).minimum(sizes).tolist()
@@ -141,7 +147,7 @@ def test_forced_merges_give_the_wanted_count_with_the_highest_logits(seed):
 def test_forced_merges_on_a_forest_and_on_a_cycle():
     # One graph made of two chains 0-1-2 and 3-4-5: k + (trees - 1) clusters.
     forest = torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5]])
-    pool = ThresholdMergePool(3)
+    pool = ThresholdMergePool(3, score_norm="none")
     x = torch.randn(6, 3)
     out = pool(x, forest, num_clusters=torch.tensor([3]))
     assert out.x.size(0) == 4
@@ -155,7 +161,7 @@ def test_forced_merges_on_a_forest_and_on_a_cycle():
 @pytest.mark.parametrize("seed", range(3))
 def test_clusters_are_components_of_merged_edges(undirected, seed):
     b = random_batch(6, seed=seed, undirected=undirected)
-    out = ThresholdMergePool(6, threshold=0.7)(b.x, b.edge_index, b.batch)
+    out = ThresholdMergePool(6, score_norm="none", threshold=0.7)(b.x, b.edge_index, b.batch)
     n, labels = scipy_oracle(b.edge_index[:, out.merged], b.num_nodes)
     assert out.x.size(0) == n
     assert same_partition(out.cluster, labels)
@@ -175,7 +181,7 @@ def test_merges_never_cross_graphs_even_if_an_edge_does():
     x = torch.ones(4, 3)
     ei = torch.tensor([[0, 1, 2], [1, 2, 3]])  # edge 1-2 joins graph 0 and graph 1
     batch = torch.tensor([0, 0, 1, 1])
-    out = ThresholdMergePool(3)(x, ei, batch)
+    out = ThresholdMergePool(3, score_norm="none")(x, ei, batch)
     assert out.merged.tolist() == [True, False, True]
     assert out.cluster.tolist() == [0, 0, 1, 1]
     assert out.batch.tolist() == [0, 1]
@@ -183,12 +189,12 @@ def test_merges_never_cross_graphs_even_if_an_edge_does():
 
 def test_chain_with_contiguous_merges_stays_a_chain():
     x = runs_features([3, 1, 4, 2], noise=0.01, dtype=torch.float32)
-    out = ThresholdMergePool(8, threshold=0.95)(x, chain(10))
+    out = ThresholdMergePool(8, score_norm="none", threshold=0.95)(x, chain(10))
     assert out.cluster.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 3, 3]
     assert out.edge_index.tolist() == [[0, 1, 2], [1, 2, 3]]
     # a batch of chains: still chains, one per graph, in reading order
     b = Batch.from_data_list([Data(x=x, edge_index=chain(10)), Data(x=x[:7], edge_index=chain(7))])
-    out = ThresholdMergePool(8, threshold=0.95)(b.x, b.edge_index, b.batch)
+    out = ThresholdMergePool(8, score_norm="none", threshold=0.95)(b.x, b.edge_index, b.batch)
     assert out.edge_index.tolist() == [[0, 1, 2, 4, 5], [1, 2, 3, 5, 6]]
     assert out.batch.tolist() == [0, 0, 0, 0, 1, 1, 1]
 
@@ -196,7 +202,7 @@ def test_chain_with_contiguous_merges_stays_a_chain():
 @pytest.mark.parametrize("reduce", ["mean", "max", "sum", "attention"])
 def test_feature_reduction_matches_pyg_scatter(reduce):
     b = random_batch(5, seed=3)
-    pool = ThresholdMergePool(6, reduce=reduce, threshold=0.7)
+    pool = ThresholdMergePool(6, score_norm="none", reduce=reduce, threshold=0.7)
     out = pool(b.x, b.edge_index, b.batch)
     if reduce == "attention":
         from torch_geometric.utils import softmax
@@ -213,7 +219,7 @@ def test_feature_reduction_matches_pyg_scatter(reduce):
 def test_coarsened_edges_match_pyg_coalesce(edge_reduce, undirected):
     b = random_batch(6, seed=4, undirected=undirected)
     w = torch.rand(b.edge_index.size(1))
-    pool = ThresholdMergePool(6, threshold=0.7, edge_reduce=edge_reduce)
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.7, edge_reduce=edge_reduce)
     with torch.no_grad():
         out = pool(b.x, b.edge_index, b.batch, edge_weight=w)
     ei, ew = remove_self_loops(out.cluster[b.edge_index], w)
@@ -242,9 +248,10 @@ def test_coarsen_edges_returns_inverse_map():
 
 def test_unpool_inverts_mean_pooling_on_clusters():
     b = random_batch(3, seed=5)
-    out = ThresholdMergePool(6, threshold=0.7)(b.x, b.edge_index, b.batch)
-    up = ThresholdMergePool.unpool(out.x, out.cluster)
+    out = ThresholdMergePool(6, score_norm="none", threshold=0.7)(b.x, b.edge_index, b.batch)
+    up, ei, batch = ThresholdMergePool.unpool(out.x, out.unpool_info)
     assert up.shape == b.x.shape
+    assert ei is b.edge_index and batch is b.batch
     assert torch.allclose(scatter(up, out.cluster, 0, reduce="mean"), out.x, atol=1e-6)
 
 
@@ -254,7 +261,7 @@ def test_unpool_inverts_mean_pooling_on_clusters():
 
 def _run_and_check(x, ei, batch=None, **kw):
     x = x.clone().requires_grad_()
-    pool = ThresholdMergePool(x.size(-1), **kw)
+    pool = ThresholdMergePool(x.size(-1), score_norm="none", **kw)
     out = pool(x, ei, batch)
     assert_finite(out)
     loss = out.x.sum() + out.node_weight.sum() + out.edge_weight.sum() + out.log_prob.sum()
@@ -350,7 +357,7 @@ def test_node_weight_gradient_is_exact_expected_count_on_a_chain():
     """d sum(node_weight) = d E[#nodes] and d sum(edge_weight) = d E[#edges], exactly."""
     x = runs_features([3, 2, 3], noise=0.4, seed=1).requires_grad_()
     ei = chain(8)
-    pool = ThresholdMergePool(8, threshold=0.8, tau=2.0).double()
+    pool = ThresholdMergePool(8, score_norm="none", threshold=0.8, tau=2.0).double()
     out = pool(x, ei)
     assert 0 < int(out.merged.sum()) < 7
     out.node_weight.sum().backward()
@@ -377,7 +384,7 @@ def test_node_weight_gradient_is_exact_expected_count_on_a_chain():
 def test_undirected_chain_counts_each_edge_once():
     x = runs_features([2, 3, 2], noise=0.4, seed=2)
     ei = to_undirected(chain(7))
-    pool = ThresholdMergePool(8, threshold=0.8).double()
+    pool = ThresholdMergePool(8, score_norm="none", threshold=0.8).double()
     pool(x, ei).node_weight.sum().backward()
     # one decision per undirected edge: d/dtheta (N - sum over the 6 pairs of p)
     p = pool(x, chain(7)).merge_prob
@@ -392,7 +399,7 @@ def test_fused_backward_matches_the_reference_surrogates(seed):
     b = random_batch(4, seed=10 + seed, undirected=seed % 2 == 1)
     x = b.x.double().requires_grad_()
     w = torch.rand(b.edge_index.size(1), dtype=torch.float64)
-    pool = ThresholdMergePool(6, threshold=0.6, tau=1.5).double()
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.6, tau=1.5).double()
     out = pool(x, b.edge_index, b.batch, edge_weight=w)
     gn = torch.randn_like(out.node_weight)
     ge = torch.randn_like(out.edge_weight)
@@ -412,7 +419,7 @@ def test_fused_backward_matches_the_reference_surrogates(seed):
 def test_expected_share_sums_to_expected_count_on_forests():
     x = runs_features([2, 2, 3, 1], noise=0.5, seed=3)
     ei = chain(8)
-    pool = ThresholdMergePool(8, threshold=0.7).double()
+    pool = ThresholdMergePool(8, score_norm="none", threshold=0.7).double()
     out = pool(x, ei)
     kept = out.merged
     share = expected_node_share(out.merge_prob, kept, out.cluster, ei, out.x.size(0)).detach()
@@ -438,7 +445,7 @@ def fd_agreement(loss_fn, cases=FD_CASES, noise=0.3):
     for k, (sizes, thr, target, tau) in enumerate(cases):
         x = runs_features(sizes, noise=noise, seed=k)
         ei = chain(sum(sizes))
-        pool = ThresholdMergePool(8, threshold=thr, tau=tau).double()
+        pool = ThresholdMergePool(8, score_norm="none", threshold=thr, tau=tau).double()
         fd = fd_theta(pool, x, ei, loss_fn, target)
         est = counts_estimate(pool, x, ei, loss_fn, target)
         rows.append((sizes, thr, target, fd, est))
@@ -452,7 +459,7 @@ def test_estimate_matches_finite_difference_on_a_small_example():
         sizes, thr, target, tau = FD_CASES[row]
         x = runs_features(sizes, noise=0.3, seed=row)
         ei = chain(sum(sizes))
-        pool = ThresholdMergePool(8, threshold=thr, tau=tau).double()
+        pool = ThresholdMergePool(8, score_norm="none", threshold=thr, tau=tau).double()
         fd = fd_theta(pool, x, ei, count_loss, target)
         est = counts_estimate(pool, x, ei, count_loss, target)
         assert est * fd > 0
@@ -484,7 +491,7 @@ def test_finite_difference_agreement_across_cases(loss_fn):
     for k, (sizes, thr, target, tau) in enumerate(FD_CASES):
         x = runs_features(sizes, noise=0.3, seed=k)
         ei = chain(sum(sizes))
-        pool = ThresholdMergePool(8, threshold=thr, tau=tau).double()
+        pool = ThresholdMergePool(8, score_norm="none", threshold=thr, tau=tau).double()
         fd = fd_theta(pool, x, ei, loss_fn, target)
         est = counts_estimate(pool, x, ei, loss_fn, target)
         mean = expected_stochastic_estimate(pool, x, ei, loss_fn, target)
@@ -500,7 +507,7 @@ def test_score_function_estimator_is_unbiased():
     """E over all pairs of samples of the K=2 leave-one-out estimate = d E[loss]/d theta."""
     x = runs_features([2, 2, 1], noise=0.3, seed=4)
     ei = chain(5)
-    pool = ThresholdMergePool(8, threshold=0.7, estimator="score").double()
+    pool = ThresholdMergePool(8, score_norm="none", threshold=0.7, estimator="score").double()
     target = 2
     fd = fd_theta(pool, x, ei, count_loss, target)
     pats = enumerate_patterns(4)
@@ -520,7 +527,7 @@ def test_score_function_estimator_is_unbiased():
 
 def test_score_estimator_samples_in_training_and_thresholds_in_eval():
     x = runs_features([3, 3], noise=0.3, seed=5)
-    pool = ThresholdMergePool(8, threshold=0.8, estimator="score").double()
+    pool = ThresholdMergePool(8, score_norm="none", threshold=0.8, estimator="score").double()
     torch.manual_seed(0)
     draws = {tuple(pool(x, chain(6)).merged.tolist()) for _ in range(20)}
     assert len(draws) > 1
@@ -544,7 +551,7 @@ def test_gradient_descent_on_theta_moves_the_right_way(estimator, stochastic, ta
     ei = chain(9)
     cos = F.cosine_similarity(x[:-1], x[1:], dim=-1)
     start = float(cos.sort().values[4]) - 1e-3  # 4 of 8 edges merge
-    pool = ThresholdMergePool(8, threshold=start, estimator=estimator,
+    pool = ThresholdMergePool(8, score_norm="none", threshold=start, estimator=estimator,
                               stochastic=stochastic).double()
     with torch.no_grad():
         start_count = pool.eval()(x, ei).x.size(0)
@@ -579,7 +586,7 @@ def test_gradient_descent_on_theta_moves_the_right_way(estimator, stochastic, ta
 def test_gradcheck_pooled_features(reduce):
     b = random_batch(2, seed=7)
     x = b.x.double().requires_grad_()
-    pool = ThresholdMergePool(6, reduce=reduce, threshold=0.7).double()
+    pool = ThresholdMergePool(6, score_norm="none", reduce=reduce, threshold=0.7).double()
     merged = pool(x, b.edge_index, b.batch).merged
     assert 0 < int(merged.sum()) < merged.numel()
 
@@ -594,7 +601,7 @@ def test_gradcheck_similarity_probability_and_surrogates():
     x = b.x.double().requires_grad_()
     theta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     ei = b.edge_index
-    pool = ThresholdMergePool(6, tau=2.0).double()
+    pool = ThresholdMergePool(6, score_norm="none", tau=2.0).double()
     out = pool(x, ei, b.batch)
     kept = out.merged & (ei[0] != ei[1])
     c = out.x.size(0)
@@ -630,7 +637,7 @@ def test_batch_sequential_and_classifier_backward():
     b = random_batch(4, seed=9)
     model = Sequential("x, edge_index, batch", [
         (GCNConv(6, 16), "x, edge_index -> x"),
-        (ThresholdMergePool(16, threshold=0.8), "x, edge_index, batch -> out"),
+        (ThresholdMergePool(16, score_norm="none", threshold=0.8), "x, edge_index, batch -> out"),
         (lambda out: (out.x, out.edge_index, out.batch), "out -> x, edge_index, batch"),
         (GCNConv(16, 16), "x, edge_index -> x"),
         (global_mean_pool, "x, batch -> x"),
@@ -651,9 +658,10 @@ def test_reset_parameters_and_repr():
     assert float(pool.theta.detach()) == pytest.approx(math.log(0.9 / 0.1))
     assert not torch.equal(w, pool.att.weight)
     assert repr(pool) == ("ThresholdMergePool(16, reduce=attention, threshold=0.9, tau=1.0, "
-                          "similarity=cosine, estimator=counts)")
+                          "similarity=cosine, score_norm=none, estimator=counts)")
     for bad in [dict(reduce="min"), dict(threshold=1.0), dict(tau=0.0),
-                dict(similarity="dot"), dict(estimator="gumbel"), dict(components="bfs")]:
+                dict(similarity="dot"), dict(estimator="gumbel"), dict(components="bfs"),
+                dict(score_norm="batch")]:
         with pytest.raises(ValueError):
             ThresholdMergePool(16, **bad)
 
@@ -661,13 +669,13 @@ def test_reset_parameters_and_repr():
 def test_torch_compile_matches_eager():
     torch._dynamo.reset()
     b = random_batch(3, seed=11)
-    pool = ThresholdMergePool(6, threshold=0.7)
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.7)
     compiled = torch.compile(pool, backend="eager")
     x1 = b.x.clone().requires_grad_()
     x2 = b.x.clone().requires_grad_()
     out1 = pool(x1, b.edge_index, b.batch)
     out2 = compiled(x2, b.edge_index, b.batch)
-    for a, c in zip(out1, out2, strict=True):
+    for a, c in zip(flat(out1).values(), flat(out2).values(), strict=True):
         assert torch.allclose(a.float(), c.float())
     (out1.x.sum() + out1.node_weight.sum()).backward()
     (out2.x.sum() + out2.node_weight.sum()).backward()
@@ -680,13 +688,14 @@ def test_torch_compile_matches_eager():
 @pytest.mark.parametrize("device", DEVICES)
 def test_device(device):
     b = random_batch(5, seed=12, undirected=True).to(device)
-    pool = ThresholdMergePool(6, threshold=0.7).to(device)
+    pool = ThresholdMergePool(6, score_norm="none", threshold=0.7).to(device)
     x = b.x.clone().requires_grad_()
     out = pool(x, b.edge_index, b.batch)
     assert out.x.device.type == device and out.cluster.device.type == device
     (out.x.sum() + out.node_weight.sum() + out.edge_weight.sum()).backward()
     assert torch.isfinite(x.grad).all()
-    ref = ThresholdMergePool(6, threshold=0.7)(b.x.cpu(), b.edge_index.cpu(), b.batch.cpu())
+    ref = ThresholdMergePool(6, score_norm="none", threshold=0.7)(
+        b.x.cpu(), b.edge_index.cpu(), b.batch.cpu())
     assert torch.equal(out.cluster.cpu(), ref.cluster)
     assert torch.allclose(out.x.cpu(), ref.x, atol=1e-5)
 
@@ -747,7 +756,7 @@ def fd_report(num_seeds: int = 5):
         fds = []
         for k, (sizes, thr, target, tau) in enumerate(FD_CASES):
             x = runs_features(sizes, noise=0.3, seed=k)
-            pool = ThresholdMergePool(8, threshold=thr, tau=tau).double()
+            pool = ThresholdMergePool(8, score_norm="none", threshold=thr, tau=tau).double()
             fds.append(fd_theta(pool, x, chain(sum(sizes)), loss_fn,
                                 target_of(x, sizes, target)))
         for label, kw, num in estimators:
@@ -757,7 +766,8 @@ def fd_report(num_seeds: int = 5):
                 for k, (sizes, thr, target, tau) in enumerate(FD_CASES):
                     x = runs_features(sizes, noise=0.3, seed=k)
                     ei = chain(sum(sizes))
-                    pool = ThresholdMergePool(8, threshold=thr, tau=tau, **kw).double()
+                    pool = ThresholdMergePool(8, score_norm="none", threshold=thr, tau=tau,
+                                              **kw).double()
                     tgt = target_of(x, sizes, target)
                     if num:
                         est = sampled_estimate(pool, x, ei, loss_fn, tgt, num, seed)

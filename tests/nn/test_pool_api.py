@@ -1,0 +1,218 @@
+"""ThresholdMergePool as a PyG pooling layer: EdgePooling's calling conventions, the
+per-graph score normalisation (the default without a projection), torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import EdgePooling, GCNConv, Sequential, global_mean_pool
+from torch_geometric.utils import to_undirected
+
+from pyg_grapheme.nn import ThresholdMergePool
+from pyg_grapheme.nn.merge_pool import PoolOutput, UnpoolInfo, standardize_per_graph
+
+
+def grid_batch(num_graphs: int = 3, side: int = 5, dim: int = 6, seed: int = 0) -> Batch:
+    """Pixel-like grids whose features come in two blobs plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.arange(side * side).view(side, side)
+    ei = torch.cat([torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)]),
+                    torch.stack([idx[:-1].reshape(-1), idx[1:].reshape(-1)])], dim=1)
+    ei = to_undirected(ei)
+    data = []
+    for _ in range(num_graphs):
+        proto = torch.randn(2, dim, generator=g)
+        blob = (torch.rand(side * side, generator=g) > 0.5).long()
+        x = proto[blob] + 0.3 * torch.randn(side * side, dim, generator=g)
+        data.append(Data(x=x, edge_index=ei))
+    return Batch.from_data_list(data)
+
+
+def test_output_unpacks_like_edge_pooling():
+    b = grid_batch()
+    ours = ThresholdMergePool(6)(b.x, b.edge_index, b.batch)
+    theirs = EdgePooling(6)(b.x, b.edge_index, b.batch)
+    assert isinstance(ours, PoolOutput) and len(ours) == len(theirs) == 4
+    x, edge_index, batch, info = ours
+    for a, c in zip((x, edge_index, batch), theirs[:3], strict=True):
+        assert a.dim() == c.dim() and a.dtype == c.dtype
+    assert isinstance(info, UnpoolInfo)
+    # EdgePooling's UnpoolInfo fields first, then the rest; all readable by name
+    assert info._fields[:3] == type(theirs[3])._fields[:3] == ("edge_index", "cluster", "batch")
+    for name in ("edge_weight", "node_weight", "cluster", "merge_prob", "merged", "log_prob"):
+        assert getattr(ours, name) is getattr(info, name)
+    assert info.edge_index is b.edge_index and info.batch is b.batch
+    assert ours.edge_weight.shape == (edge_index.size(1),)
+    assert ours.node_weight.shape == (x.size(0),)
+
+
+def test_edge_weight_is_keyword_only():
+    b = grid_batch()
+    pool = ThresholdMergePool(6)
+    w = torch.rand(b.edge_index.size(1))
+    with pytest.raises(TypeError):
+        pool(b.x, b.edge_index, b.batch, w)
+    out = pool(b.x, b.edge_index, b.batch, edge_weight=w)
+    assert out.edge_weight.shape == (out.edge_index.size(1),)
+
+
+def test_unpool_mirrors_edge_pooling():
+    b = grid_batch()
+    pool = ThresholdMergePool(6)
+    x, _, _, info = pool(b.x, b.edge_index, b.batch)
+    ex, _, _, einfo = EdgePooling(6)(b.x, b.edge_index, b.batch)
+    up, ei, batch = pool.unpool(x, info)
+    eup, eei, ebatch = EdgePooling.unpool(None, ex, einfo)
+    assert up.shape == eup.shape == b.x.shape
+    assert torch.equal(ei, eei) and torch.equal(batch, ebatch)
+    assert torch.equal(up, x[info.cluster])
+    with pytest.raises(TypeError, match="unpool_info"):
+        pool.unpool(x, info.cluster)
+
+
+def test_inside_pyg_sequential_like_edge_pooling():
+    b = grid_batch(4)
+
+    def model(pool):
+        return Sequential("x, edge_index, batch", [
+            (GCNConv(6, 16), "x, edge_index -> x"),
+            torch.nn.ReLU(),
+            (pool, "x, edge_index, batch -> x, edge_index, batch, info"),
+            (GCNConv(16, 16), "x, edge_index -> x"),
+            (global_mean_pool, "x, batch -> x"),
+        ])
+
+    for pool in (ThresholdMergePool(16), EdgePooling(16)):
+        torch.manual_seed(0)
+        net = model(pool)
+        y = net(b.x, b.edge_index, b.batch)
+        assert y.shape == (4, 16)
+        y.sum().backward()
+        assert all(p.grad is not None for p in net.parameters() if p.dim() > 1)
+
+
+def test_graph_norm_is_the_default_without_projection():
+    assert ThresholdMergePool(6).score_norm == "graph"
+    assert ThresholdMergePool(6, proj_channels=4).score_norm == "none"
+    pool = ThresholdMergePool(6, threshold=0.8)
+    assert float(pool.theta.detach()) == pytest.approx(0.8416, abs=1e-4)  # Phi^-1(0.8)
+    assert pool.learnt_threshold() == pytest.approx(0.8)
+    assert ThresholdMergePool(6, score_norm="none", threshold=0.8).learnt_threshold() == (
+        pytest.approx(0.8))
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.8])
+def test_graph_norm_threshold_is_a_quantile_of_each_graph(threshold):
+    # Near-parallel features (cosines 0.9-1, as after a message-passing layer): the
+    # threshold still picks a share of each graph's edges, where a fixed cosine threshold
+    # merges all or nothing.
+    b = grid_batch(8, side=8, seed=1)
+    x = b.x + 20.0
+    out = ThresholdMergePool(6, threshold=threshold)(x, b.edge_index, b.batch)
+    ratio = out.merged.float().mean().item()
+    # exact for Gaussian scores; these are bimodal (two feature blobs)
+    assert abs(ratio - (1 - threshold)) < 0.15
+    assert ThresholdMergePool(6, score_norm="none", threshold=threshold)(
+        x, b.edge_index, b.batch).merged.all()
+
+
+def test_graph_norm_pools_each_graph_of_a_batch_as_alone():
+    b = grid_batch(3, seed=2)
+    b.x[b.batch == 1] *= 3.0  # another scale in one graph: no effect on the others
+    pool = ThresholdMergePool(6, threshold=0.6)
+    out = pool(b.x, b.edge_index, b.batch)
+    for k, d in enumerate(b.to_data_list()):
+        alone = pool(d.x, d.edge_index)
+        mask = b.batch[b.edge_index[0]] == k
+        assert torch.equal(out.merged[mask], alone.merged)
+        torch.testing.assert_close(out.merge_prob[mask], alone.merge_prob)
+        torch.testing.assert_close(out.x[out.batch == k], alone.x)
+
+
+def test_standardize_per_graph_matches_a_loop_and_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(30, generator=g, dtype=torch.float64)
+    eb = torch.randint(0, 4, (30,), generator=g).sort().values
+    z = standardize_per_graph(v, eb, 10)
+    for k in range(4):
+        m = eb == k
+        want = (v[m] - v[m].mean()) / torch.sqrt(v[m].var(unbiased=False) + 1e-4)
+        torch.testing.assert_close(z[m], want)
+    assert torch.autograd.gradcheck(
+        lambda t: standardize_per_graph(t, eb, 10), (v.clone().requires_grad_(),))
+
+
+def test_graph_norm_merge_logits_gradcheck():
+    b = grid_batch(2, side=3)
+    pool = ThresholdMergePool(6, tau=2.0).double()
+    x = b.x.double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, theta: (pool.theta.data.copy_(theta), pool.merge_logits(
+            x, b.edge_index, b.batch))[1],
+        (x, torch.tensor(0.3, dtype=torch.float64)))
+    # theta's own gradient: dz/dtheta = -1/tau
+    z = pool.merge_logits(x, b.edge_index, b.batch)
+    (g,) = torch.autograd.grad(z.sum(), pool.theta)
+    assert float(g) == pytest.approx(-z.numel() / 2.0)
+
+
+def test_merge_logits_without_batch_is_one_graph():
+    b = grid_batch(1)
+    pool = ThresholdMergePool(6)
+    torch.testing.assert_close(pool.merge_logits(b.x, b.edge_index),
+                               pool.merge_logits(b.x, b.edge_index, b.batch))
+
+
+def test_compile_one_graph_break_fast():
+    """The partition step (data-dependent shapes) is the only graph break; fast check
+    with dynamo's explain (no codegen). The inductor run is the slow test below."""
+    torch._dynamo.reset()
+    b = grid_batch()
+    explain = torch._dynamo.explain(ThresholdMergePool(6))(b.x, b.edge_index, b.batch)
+    assert explain.graph_break_count == 1
+
+
+@pytest.mark.slow
+def test_compile_inductor_matches_eager():
+    torch._dynamo.reset()
+    b = grid_batch()
+    pool = ThresholdMergePool(6)
+    compiled = torch.compile(pool, backend="inductor")
+    x1 = b.x.clone().requires_grad_()
+    x2 = b.x.clone().requires_grad_()
+    out1, out2 = pool(x1, b.edge_index, b.batch), compiled(x2, b.edge_index, b.batch)
+    torch.testing.assert_close(out1.x, out2.x)
+    assert torch.equal(out1.edge_index, out2.edge_index)
+    assert torch.equal(out1.cluster, out2.cluster)
+    torch.testing.assert_close(out1.merge_prob, out2.merge_prob)
+    (out1.x.sum() + out1.node_weight.sum() + out1.edge_weight.sum()).backward()
+    (out2.x.sum() + out2.node_weight.sum() + out2.edge_weight.sum()).backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_digits_default_does_not_collapse_an_image():
+    """The collapse the defaults had (issue 14): after GraphConv + ReLU neighbouring
+    pixels have cosine ~0.97, so threshold 0.5 on the cosine merged every 8x8 digit into
+    one node; the per-graph normalisation merges about half of each image's edges."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    from torch_geometric.nn import GraphConv
+
+    images = torch.tensor(datasets.load_digits().images[:64], dtype=torch.float32) / 16
+    idx = torch.arange(64).view(8, 8)
+    ei = to_undirected(torch.cat([
+        torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)]),
+        torch.stack([idx[:-1].reshape(-1), idx[1:].reshape(-1)])], dim=1))
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], 1) / 7
+    b = Batch.from_data_list([Data(x=torch.cat([im.reshape(-1, 1), pos], 1), edge_index=ei)
+                              for im in images])
+    torch.manual_seed(0)
+    h = torch.relu(GraphConv(3, 32)(b.x, b.edge_index))
+    with torch.no_grad():
+        old = ThresholdMergePool(32, score_norm="none")(h, b.edge_index, b.batch)
+        new = ThresholdMergePool(32)(h, b.edge_index, b.batch)
+    assert old.x.size(0) / 64 < 2  # the collapse
+    nodes = torch.bincount(new.batch, minlength=64).float()
+    assert 0.35 < new.merged.float().mean() < 0.65
+    assert nodes.min() >= 4 and nodes.mean() > 10
