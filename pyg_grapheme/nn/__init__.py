@@ -18,3 +18,7 @@ __all__ = [
     "decode_graphs",
     "one_hot_bytes",
 ]
+
+from pyg_grapheme.nn.edge_head import EdgeHead, EdgeHeadOutput, all_pairs  # noqa: E402
+
+__all__ += ["EdgeHead", "EdgeHeadOutput", "all_pairs"]
