@@ -22,3 +22,7 @@ __all__ = [
 from pyg_grapheme.nn.edge_head import EdgeHead, EdgeHeadOutput, all_pairs  # noqa: E402
 
 __all__ += ["EdgeHead", "EdgeHeadOutput", "all_pairs"]
+
+from pyg_grapheme.nn.expression_net import ExpressionNet, hard_graphs  # noqa: E402
+
+__all__ += ["ExpressionNet", "hard_graphs"]
