@@ -52,10 +52,12 @@ class ExpressionNet(nn.Module):
         encoder_layers: GPSConv layers over the question (default ``2``).
         token_layers: GPSConv layers over the pooled tokens (default ``1``).
         pool_threshold, pool_tau, pool_proj_channels: :class:`ThresholdMergePool`
-            options (defaults ``0.5``, ``1.0``, ``32``).
+            options (defaults ``0.9``, ``1.0``, ``32``; at 0.5 the untrained
+            encoder's neighbours are similar enough that every question pooled to one node).
         edge_hidden: :class:`EdgeHead` hidden size (default ``hidden``).
         max_distance: :class:`EdgeHead` relative-position clip (default ``16``).
         keep_bias: initial logit of the keep gate (default ``0``: every node half kept).
+        edge_bias: initial logit of every edge (:class:`EdgeHead`'s ``bias_init``).
         dropout: attention dropout (default ``0``).
 
     Shapes:
@@ -74,12 +76,13 @@ class ExpressionNet(nn.Module):
         heads: int = 4,
         encoder_layers: int = 2,
         token_layers: int = 1,
-        pool_threshold: float = 0.5,
+        pool_threshold: float = 0.9,
         pool_tau: float = 1.0,
         pool_proj_channels: int | None = 32,
         edge_hidden: int | None = None,
         max_distance: int = 16,
         keep_bias: float = 0.0,
+        edge_bias: float = 0.0,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -96,7 +99,8 @@ class ExpressionNet(nn.Module):
         self.tok = nn.ModuleList(_gps(hidden, heads, dropout) for _ in range(token_layers))
         self.keep = nn.Linear(hidden, 1)
         self.head = ByteHead(hidden)
-        self.edge_head = EdgeHead(hidden, edge_hidden, max_distance=max_distance)
+        self.edge_head = EdgeHead(hidden, edge_hidden, max_distance=max_distance,
+                                  bias_init=edge_bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

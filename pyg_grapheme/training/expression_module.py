@@ -64,7 +64,7 @@ class ExpressionModule(L.LightningModule):
 
     Args:
         hidden, heads, encoder_layers, token_layers, pool_threshold, pool_tau,
-            pool_proj_channels, edge_hidden, max_distance, keep_bias, dropout:
+            pool_proj_channels, edge_hidden, max_distance, keep_bias, edge_bias, dropout:
             :class:`~pyg_grapheme.nn.ExpressionNet`.
         alpha, beta, gamma, reg, node_cost, indel_cost: structural loss options.
         ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
@@ -78,12 +78,13 @@ class ExpressionModule(L.LightningModule):
         heads: int = 4,
         encoder_layers: int = 2,
         token_layers: int = 1,
-        pool_threshold: float = 0.5,
+        pool_threshold: float = 0.9,
         pool_tau: float = 1.0,
         pool_proj_channels: int | None = 32,
         edge_hidden: int | None = None,
         max_distance: int = 16,
         keep_bias: float = 0.0,
+        edge_bias: float = 0.0,
         dropout: float = 0.0,
         alpha: float = 1.0,
         beta: float = 1.0,
@@ -103,7 +104,8 @@ class ExpressionModule(L.LightningModule):
             hidden=hidden, heads=heads, encoder_layers=encoder_layers,
             token_layers=token_layers, pool_threshold=pool_threshold, pool_tau=pool_tau,
             pool_proj_channels=pool_proj_channels, edge_hidden=edge_hidden,
-            max_distance=max_distance, keep_bias=keep_bias, dropout=dropout,
+            max_distance=max_distance, keep_bias=keep_bias, edge_bias=edge_bias,
+            dropout=dropout,
         )
         self.examples: list[tuple[str, str, str]] = []
 
