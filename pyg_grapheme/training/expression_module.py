@@ -69,6 +69,11 @@ class ExpressionModule(L.LightningModule):
         alpha, beta, gamma, reg, node_cost, indel_cost: structural loss options.
         ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
         lr, weight_decay: Adam. grad_clip: clip the gradient 2-norm (``None``: off).
+        init_head_prior: before training from scratch, set the byte head's output bias to
+            the training labels' byte frequencies
+            (:meth:`~pyg_grapheme.nn.ByteHead.init_output_prior`): with a uniform head
+            every label costs :math:`\log 256` = the indel cost, and the keep gates
+            start by spreading the target's mass thinly over every pooled node.
         num_examples: decoded examples printed per validation epoch.
     """
 
@@ -96,6 +101,7 @@ class ExpressionModule(L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         grad_clip: float | None = 1.0,
+        init_head_prior: bool = True,
         num_examples: int = 3,
     ) -> None:
         super().__init__()
@@ -141,6 +147,13 @@ class ExpressionModule(L.LightningModule):
         self.log(f"{stage}_node_count_error", (kept - tgt).abs().mean(), **log)
         self.log(f"{stage}_merge_fraction", pred.merged.float().mean(), **log)
         return total, pred, inputs, targets
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if (stage == "fit" and self.hparams.init_head_prior and datamodule is not None
+                and self.global_step == 0 and not self.trainer.ckpt_path):
+            labels = torch.cat([pair.x_t for pair in datamodule._dataset("train")])
+            self.model.head.init_output_prior(labels)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
