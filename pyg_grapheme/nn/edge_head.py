@@ -59,13 +59,16 @@ class EdgeHead(nn.Module):
 
     .. math::
         s_{ij} = \mathbf{w}^\top \mathrm{GELU}\big(\mathbf{W}_s \mathbf{x}_i
-            + \mathbf{W}_t \mathbf{x}_j + \mathbf{R}_{\delta_{ij}} + \mathbf{b}\big)
+            + \mathbf{W}_t \mathbf{x}_j + \mathbf{R}_{\delta_{ij}} + \mathbf{W}_e
+            \mathbf{e}_{ij} + \mathbf{b}\big)
             + \frac{(\mathbf{U}_s \mathbf{x}_i)^\top (\mathbf{U}_t \mathbf{x}_j)}{\sqrt{H}}
             + c,
         \qquad w_{ij} = \sigma(s_{ij})
 
     with :math:`\delta_{ij} = \mathrm{clip}(p_j - p_i, -D, D)` (signed, so direction is
-    seen; :math:`\mathbf{R}` is learned, absent without positions) -- an additive MLP
+    seen; :math:`\mathbf{R}` is learned, absent without positions) and optional pair
+    features :math:`\mathbf{e}_{ij}` (``edge_dim``, e.g. a summary of the text between
+    the two nodes) -- an additive MLP
     score plus a bilinear one (``bilinear=False`` drops the latter). The source and
     target projections are separate, so :math:`s_{ij} \ne s_{ji}` in general: the edges
     are directed. At inference :meth:`EdgeHeadOutput.hard` keeps :math:`w_{ij} > 0.5`.
@@ -85,11 +88,15 @@ class EdgeHead(nn.Module):
         bilinear: add the bilinear term (default ``True``).
         bias_init: initial :math:`c`; negative values start from a sparse graph
             (default ``0``: every edge at 0.5).
+        edge_dim: size of the optional pair features :math:`\mathbf{e}_{ij}`
+            (default ``None``: none).
 
     Shapes:
         - **input:** ``x`` :obj:`[C, F]`, ``batch`` :obj:`[C]` (sorted; ``None`` = one
           graph), ``pos`` :obj:`[C]` long (optional), ``edge_index`` :obj:`[2, P]`
-          (optional candidates; default :func:`all_pairs`)
+          (optional candidates; default :func:`all_pairs`), ``edge_attr`` :obj:`[P, edge_dim]`
+          (with ``edge_dim``; row ``p`` belongs to pair ``p`` of ``edge_index``, so pass
+          ``edge_index`` too)
         - **output:** :class:`EdgeHeadOutput` with :obj:`[2, P]`, :obj:`[P]`, :obj:`[P]`
     """
 
@@ -100,6 +107,7 @@ class EdgeHead(nn.Module):
         max_distance: int = 16,
         bilinear: bool = True,
         bias_init: float = 0.0,
+        edge_dim: int | None = None,
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -111,6 +119,8 @@ class EdgeHead(nn.Module):
         self.max_distance = max_distance
         self.bilinear = bilinear
         self.bias_init = bias_init
+        self.edge_dim = edge_dim
+        self.lin_edge = nn.Linear(edge_dim, hidden, bias=False) if edge_dim else None
         self.lin_src = nn.Linear(in_channels, hidden)
         self.lin_dst = nn.Linear(in_channels, hidden, bias=False)
         self.rel = nn.Embedding(2 * max_distance + 1, hidden) if max_distance else None
@@ -124,6 +134,8 @@ class EdgeHead(nn.Module):
         self.lin_src.reset_parameters()
         self.lin_dst.reset_parameters()
         self.out.reset_parameters()
+        if self.lin_edge is not None:
+            self.lin_edge.reset_parameters()
         with torch.no_grad():
             self.out.bias.fill_(self.bias_init)
         if self.rel is not None:
@@ -138,6 +150,7 @@ class EdgeHead(nn.Module):
         batch: Tensor | None = None,
         pos: Tensor | None = None,
         edge_index: Tensor | None = None,
+        edge_attr: Tensor | None = None,
     ) -> EdgeHeadOutput:
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(
@@ -150,14 +163,22 @@ class EdgeHead(nn.Module):
             raise ValueError(f"batch must have shape [{x.size(0)}], got {tuple(batch.shape)}")
         if pos is not None and pos.shape != (x.size(0),):
             raise ValueError(f"pos must have shape [{x.size(0)}], got {tuple(pos.shape)}")
+        if (edge_attr is None) != (self.lin_edge is None):
+            raise ValueError("edge_attr must be given exactly when edge_dim is set "
+                             f"(edge_dim={self.edge_dim})")
         if edge_index is None:
             edge_index = all_pairs(batch)
+        if edge_attr is not None and edge_attr.shape != (edge_index.size(1), self.edge_dim):
+            raise ValueError(f"edge_attr must have shape [{edge_index.size(1)}, {self.edge_dim}]"
+                             f", got {tuple(edge_attr.shape)}")
         src, dst = edge_index[0], edge_index[1]
         h = self.lin_src(x)[src] + self.lin_dst(x)[dst]
         if self.rel is not None and pos is not None:
             D = self.max_distance
             delta = (pos[dst] - pos[src]).clamp(-D, D) + D
             h = h + self.rel(delta)
+        if self.lin_edge is not None:
+            h = h + self.lin_edge(edge_attr)
         logit = self.out(F.gelu(h)).view(-1)
         if self.bilinear:
             a, b = self.bil_src(x), self.bil_dst(x)
