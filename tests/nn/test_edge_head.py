@@ -102,3 +102,17 @@ def test_torch_compile_matches_eager():
     compiled = torch.compile(head, dynamic=True)
     torch.testing.assert_close(compiled(x, batch, pos, pairs).logit,
                                head(x, batch, pos, pairs).logit)
+
+
+def test_pair_features_enter_the_score():
+    torch.manual_seed(0)
+    head = EdgeHead(4, 8, edge_dim=3)
+    x, pairs = torch.randn(3, 4), all_pairs(torch.zeros(3, dtype=torch.long))
+    e = torch.randn(pairs.size(1), 3)
+    a = head(x, edge_index=pairs, edge_attr=e).logit
+    b = head(x, edge_index=pairs, edge_attr=e * 2).logit
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="edge_attr must be given"):
+        head(x)
+    with pytest.raises(ValueError, match=r"\[6, 3\]"):
+        head(x, edge_index=pairs, edge_attr=e[:2])
