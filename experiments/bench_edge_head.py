@@ -41,10 +41,10 @@ def main() -> None:
         batch = torch.arange(B).repeat_interleave(m)
         pos = torch.arange(m).repeat(B)
 
-        def run_edge():
+        def run_edge(x=x, batch=batch, pos=pos):
             edge(x, batch, pos).edge_weight.sum().backward()
 
-        def run_byte():
+        def run_byte(x=x):
             byte(x).sum().backward()
 
         te, tb = _time(run_edge), _time(run_byte)
