@@ -191,8 +191,8 @@ class ExpressionModule(L.LightningModule):
                         self.log(f"{stage}_{name}_exact_match_level{lv}", ok[sel].mean(),
                                  batch_size=int(sel.sum()))
         self.log(f"{stage}_exact_match", graph_ok.mean(), batch_size=n)
-        truth = [q for q in questions]
-        self.examples += list(zip(questions, texts, truth, strict=True))
+        # the answer table's target column: a correct tree decodes to the question itself
+        self.examples += list(zip(questions, texts, questions, strict=True))
 
     def on_validation_epoch_start(self) -> None:
         self.examples = []
