@@ -45,3 +45,12 @@ __all__ = [
     "generate_task",
     "write_task",
 ]
+
+from pyg_grapheme.data.expression import (  # noqa: E402
+    expression_graph,
+    expression_pairs,
+    graph_exact_match,
+    tree_to_polish,
+)
+
+__all__ += ["expression_graph", "expression_pairs", "graph_exact_match", "tree_to_polish"]

@@ -22,3 +22,11 @@ __all__ = [
     "decode_graphs",
     "one_hot_bytes",
 ]
+
+from pyg_grapheme.nn.edge_head import EdgeHead, EdgeHeadOutput, all_pairs  # noqa: E402
+
+__all__ += ["EdgeHead", "EdgeHeadOutput", "all_pairs"]
+
+from pyg_grapheme.nn.expression_net import ExpressionNet, hard_graphs  # noqa: E402
+
+__all__ += ["ExpressionNet", "hard_graphs"]

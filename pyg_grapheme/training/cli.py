@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -23,7 +24,6 @@ from pyg_grapheme.training.callbacks import (
     TrainingReport,
     atomic_write_bytes,
 )
-from pyg_grapheme.training.datamodule import GraphemeDataModule
 from pyg_grapheme.training.module import GraphemeModule
 
 
@@ -126,6 +126,13 @@ ARCHITECTURE_ARGS = tuple(
 OPTIMIZER_ARGS = ("lr", "betas", "weight_decay", "warmup_epochs", "cosine", "min_lr_ratio")
 
 
+def _init_args(model):
+    """The constructor arguments of the ``model`` section (``init_args`` in subclass
+    mode, where the section also names its ``class_path``)."""
+    args = model.get("init_args") if hasattr(model, "get") else None
+    return model if args is None else args
+
+
 def _plain(value):
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
@@ -192,7 +199,7 @@ class GraphemeCLI(LightningCLI):
             return super()._parse_ckpt_path()
         ckpt = read_checkpoint(ckpt_path)
         saved = dict(ckpt.get("hyper_parameters") or {})
-        given = config["model"]
+        given = _init_args(config["model"])
         changed = {}
         for key in self._explicit_model_args(subcommand):
             if key in saved and key in given and _plain(given[key]) != _plain(saved[key]):
@@ -210,7 +217,7 @@ class GraphemeCLI(LightningCLI):
             )
         super()._parse_ckpt_path()
         for key, (value, old) in changed.items():
-            self.config[subcommand]["model"][key] = value
+            _init_args(self.config[subcommand]["model"])[key] = value
             print(f"warning: --model.{key} {value!r} replaces the checkpoint's {old!r}",
                   file=sys.stderr)
 
@@ -243,6 +250,11 @@ class GraphemeCLI(LightningCLI):
                      self.config["predict"].get("output"))
 
     def add_arguments_to_parser(self, parser) -> None:
+        # Any LightningModule / DataModule by class_path; without one, the text model.
+        parser.set_defaults({
+            "model": {"class_path": "pyg_grapheme.training.GraphemeModule"},
+            "data": {"class_path": "pyg_grapheme.training.GraphemeDataModule"},
+        })
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val_exact_match",
@@ -346,8 +358,10 @@ def main(argv: list[str] | None = None) -> None:
             emit_answers(texts, predict_texts(ckpt, texts), output)
             return
         GraphemeCLI(
-            GraphemeModule,
-            GraphemeDataModule,
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
             args=None if from_command_line else argv,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},

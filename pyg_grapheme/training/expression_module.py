@@ -1,0 +1,289 @@
+"""Text -> expression graph: ExpressionModule (structural loss only) and its data module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+
+from pyg_grapheme.data.curriculum import DEFAULT_SIZES, LEVELS
+from pyg_grapheme.data.expression import (
+    expression_pairs,
+    graph_exact_match,
+    node_labels,
+    tree_to_polish,
+)
+from pyg_grapheme.data.graphemes import graphs_to_texts, text_to_graph
+from pyg_grapheme.data.pair import FOLLOW_BATCH, split_pair_batch
+from pyg_grapheme.loss import structural_loss
+from pyg_grapheme.nn.expression_net import ExpressionNet, hard_graphs
+from pyg_grapheme.nn.head import one_hot_bytes
+
+__all__ = ["ExpressionDataModule", "ExpressionModule", "score_expressions"]
+
+
+def score_expressions(pred: Batch, targets: Batch) -> tuple[list[bool], list[str]]:
+    """Per pair: whether the hard predicted graph equals the target graph (labels and
+    edges, up to renumbering), and the predicted graph decoded to Polish notation."""
+    exact, texts = [], []
+    tgt_batch = targets.batch.cpu()
+    tgt_edges = targets.edge_index.cpu()
+    ebatch = tgt_batch[tgt_edges[0]] if tgt_edges.numel() else tgt_edges[0]
+    ptr = targets.ptr.cpu()
+    for g, (classes, edges) in enumerate(hard_graphs(pred)):
+        labels = node_labels(classes)
+        t_labels = node_labels(targets.x[tgt_batch == g].cpu())
+        t_edges = tgt_edges[:, ebatch == g] - ptr[g]
+        exact.append(graph_exact_match(labels, edges, t_labels, t_edges))
+        texts.append(tree_to_polish(labels, edges) if labels else "")
+    return exact, texts
+
+
+class ExpressionModule(L.LightningModule):
+    r"""Train :class:`~pyg_grapheme.nn.ExpressionNet` to turn a question ``(+ (* 3 4) 5)``
+    into its expression tree, with :func:`~pyg_grapheme.loss.structural_loss` alone:
+
+    .. math::
+        \mathcal L = \mathrm{structural\_loss}_{\alpha,\beta,\gamma}\big(f_\theta(G_{in}),
+            \mathrm{onehot}(T)\big) \;[+\; \lambda_{ce}\, \mathrm{CE}_{plan}]
+
+    The target :math:`T` is the tree of :mod:`pyg_grapheme.data.expression` (argument
+    order as order edges); predicted node masses are the keep gates, edges the
+    :class:`~pyg_grapheme.nn.EdgeHead`'s weights. ``ce_weight`` (default 0, off) adds the
+    plan-weighted cross-entropy of the labels, the auxiliary term measured against the
+    loss alone in docs/expression.md.
+
+    Logged per validation epoch: ``val_graph_exact_match`` (hard graph equals the target,
+    labels and edges), ``val_text_exact_match`` (decoded Polish text equals the
+    question), the same per level (``..._level1``) and ``val_exact_match`` (= the graph
+    one, what the CLI's best checkpoint monitors).
+
+    Args:
+        hidden, heads, encoder_layers, token_layers, pool_threshold, pool_tau,
+            pool_proj_channels, edge_hidden, max_distance, keep_bias, edge_bias, dropout:
+            :class:`~pyg_grapheme.nn.ExpressionNet`.
+        alpha, beta, gamma, reg, node_cost, indel_cost: structural loss options.
+        beta_warmup_steps: train with ``beta = 0`` (nodes only) for this many steps.
+            While the labels are unlearnt the plan is diffuse and the edge term pushes
+            every edge down; the sigmoid saturates and those edges never come back
+            (measured: the edge term stuck at exactly 3.0 or 6.0 of 6 target edges on
+            level 2). With the labels learnt first the plan is sharp when edges start.
+        ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
+        lr, weight_decay: Adam. grad_clip: clip the gradient 2-norm (``None``: off).
+        init_head_prior: before training from scratch, set the byte head's output bias to
+            the training labels' byte frequencies
+            (:meth:`~pyg_grapheme.nn.ByteHead.init_output_prior`): with a uniform head
+            every label costs :math:`\log 256` = the indel cost, and the keep gates
+            start by spreading the target's mass thinly over every pooled node.
+        num_examples: decoded examples printed per validation epoch.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        heads: int = 4,
+        encoder_layers: int = 2,
+        token_layers: int = 1,
+        pool_threshold: float = 0.9,
+        pool_tau: float = 1.0,
+        pool_proj_channels: int | None = 32,
+        edge_hidden: int | None = None,
+        max_distance: int = 16,
+        keep_bias: float = 0.0,
+        edge_bias: float = 0.0,
+        dropout: float = 0.0,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 0.0,
+        beta_warmup_steps: int = 0,
+        reg: float = 0.05,
+        node_cost: str = "nll",
+        indel_cost: float | None = None,
+        ce_weight: float = 0.0,
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        grad_clip: float | None = 1.0,
+        init_head_prior: bool = True,
+        num_examples: int = 3,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ExpressionNet(
+            hidden=hidden, heads=heads, encoder_layers=encoder_layers,
+            token_layers=token_layers, pool_threshold=pool_threshold, pool_tau=pool_tau,
+            pool_proj_channels=pool_proj_channels, edge_hidden=edge_hidden,
+            max_distance=max_distance, keep_bias=keep_bias, edge_bias=edge_bias,
+            dropout=dropout,
+        )
+        self.examples: list[tuple[str, str, str]] = []
+
+    def forward(self, inputs: Batch) -> Batch:
+        return self.model(inputs)
+
+    def _step(self, batch, stage: str) -> tuple[Tensor, Batch, Batch, Batch]:
+        inputs, targets = split_pair_batch(batch)
+        hp = self.hparams
+        n = batch.num_graphs
+        pred = self.model(inputs)
+        warm = stage == "train" and self.global_step < hp.beta_warmup_steps
+        loss, parts = structural_loss(
+            pred, one_hot_bytes(targets), alpha=hp.alpha, beta=0.0 if warm else hp.beta,
+            gamma=hp.gamma,
+            reg=hp.reg, node_cost=hp.node_cost, indel_cost=hp.indel_cost,
+            return_components=True,
+        )
+        log = dict(batch_size=n, on_step=False, on_epoch=True)
+        total = loss
+        self.log(f"{stage}_structural_loss", loss, **log)
+        for name in ("node", "edge"):
+            self.log(f"{stage}_{name}", parts[name].mean(), **log)
+        if hp.ce_weight > 0:
+            target_x = one_hot_bytes(targets).x
+            ce = parts["plan_cross_entropy"](pred.logits, target_x)
+            self.log(f"{stage}_cross_entropy", ce, **log)
+            total = total + hp.ce_weight * ce
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
+        self.log(f"{stage}_loss", total, prog_bar=True, **log)
+        kept = torch.zeros(n, device=pred.keep.device).index_add_(
+            0, pred.batch, (pred.keep > 0.5).float())
+        tgt = torch.bincount(targets.batch, minlength=n).float()
+        self.log(f"{stage}_node_count_error", (kept - tgt).abs().mean(), **log)
+        self.log(f"{stage}_merge_fraction", pred.merged.float().mean(), **log)
+        return total, pred, inputs, targets
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if (stage == "fit" and self.hparams.init_head_prior and datamodule is not None
+                and self.global_step == 0 and not self.trainer.ckpt_path):
+            labels = torch.cat([pair.x_t for pair in datamodule._dataset("train")])
+            self.model.head.init_output_prior(labels)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, stage: str) -> None:
+        _, pred, inputs, targets = self._step(batch, stage)
+        exact, texts = score_expressions(pred, targets)
+        questions = graphs_to_texts(inputs)
+        graph_ok = torch.tensor(exact, dtype=torch.float)
+        text_ok = torch.tensor([a == q for a, q in zip(texts, questions, strict=True)],
+                               dtype=torch.float)
+        n = len(exact)
+        for name, ok in (("graph", graph_ok), ("text", text_ok)):
+            self.log(f"{stage}_{name}_exact_match", ok.mean(), batch_size=n, prog_bar=True)
+            level = getattr(batch, "level", None)
+            if level is not None:
+                for lv in LEVELS:
+                    sel = level.cpu() == lv
+                    if bool(sel.any()):
+                        # weighted by that level's count in the batch: an exact epoch mean
+                        self.log(f"{stage}_{name}_exact_match_level{lv}", ok[sel].mean(),
+                                 batch_size=int(sel.sum()))
+        self.log(f"{stage}_exact_match", graph_ok.mean(), batch_size=n)
+        # the answer table's target column: a correct tree decodes to the question itself
+        self.examples += list(zip(questions, texts, questions, strict=True))
+
+    def on_validation_epoch_start(self) -> None:
+        self.examples = []
+
+    def on_test_epoch_start(self) -> None:
+        self.examples = []
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.num_examples and self.examples and not self.trainer.sanity_checking:
+            shown = "; ".join(f"{q!r} -> {a!r}" for q, a, _ in
+                              self.examples[: self.hparams.num_examples])
+            self.print(f"epoch {self.current_epoch}: {shown}")
+
+    def predict_step(self, batch, batch_idx: int) -> list[str]:
+        inputs = split_pair_batch(batch)[0] if "x_s" in batch else batch
+        pred = self.model(inputs)
+        return [tree_to_polish(node_labels(c), e) if c.numel() else ""
+                for c, e in hard_graphs(pred)]
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val is None and self.hparams.grad_clip:
+            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+
+
+class ExpressionDataModule(L.LightningDataModule):
+    """The math curriculum's questions paired with their expression trees
+    (:func:`~pyg_grapheme.data.expression.expression_pairs`), levels mixed.
+
+    Args:
+        levels: curriculum levels to use (default ``[1, 2]``); each level's train, val
+            and test splits are concatenated across levels.
+        seed: the curriculum's split seed (default ``0``, the package's splits).
+        sizes: ``{level: [train, val, test]}`` (default the curriculum's
+            :data:`~pyg_grapheme.data.curriculum.DEFAULT_SIZES`).
+        batch_size: pairs per batch.
+        predict_texts: questions for ``predict``.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[int] = (1, 2),
+        seed: int = 0,
+        sizes: dict[int, Sequence[int]] | None = None,
+        batch_size: int = 64,
+        predict_texts: list[str] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        bad = [lv for lv in levels if lv not in LEVELS]
+        if bad or not levels:
+            raise ValueError(f"levels must be a non-empty subset of {list(LEVELS)}, got "
+                             f"{list(levels)}")
+        self.datasets: dict[str, list] = {}
+
+    def _dataset(self, split: str) -> list:
+        if split not in self.datasets:
+            hp = self.hparams
+            sizes = hp.sizes or {}
+            self.datasets[split] = [
+                p for lv in hp.levels
+                for p in expression_pairs(lv, split, seed=hp.seed,
+                                          sizes=tuple(sizes.get(lv, DEFAULT_SIZES[lv])))
+            ]
+        return self.datasets[split]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size,
+                          shuffle=shuffle, follow_batch=FOLLOW_BATCH,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        texts = self.hparams.predict_texts
+        if not texts:
+            raise ValueError("nothing to predict: pass --data.predict_texts")
+        return DataLoader([text_to_graph(t) for t in texts],
+                          batch_size=self.hparams.batch_size, collate_fn=Batch.from_data_list)
