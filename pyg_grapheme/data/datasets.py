@@ -107,17 +107,22 @@ def join_collated(chunks: list[tuple[Data, dict]]) -> tuple[dict, dict]:
     (``(data dict, slices)``), as if the chunks' pairs had been collated together: tensors
     are concatenated along their ``__cat_dim__`` (stored without increments) and each
     chunk's slices shifted by the rows before it. One attribute at a time, freeing the
-    chunks' copies as it goes, so the peak is the result plus one attribute."""
+    chunks' copies as it goes (``chunks`` is emptied), so the peak is the result plus one
+    attribute."""
     if len(chunks) == 1:
-        return chunks[0][0].to_dict(), chunks[0][1]  # slices None: a single pair
-    first = chunks[0][0]
-    stores = [c[0].to_dict() for c in chunks]
-    slice_list = [c[1] for c in chunks]
-    del chunks
+        data, slices = chunks.pop()
+        return data.to_dict(), slices  # slices None: a single pair
+    proto = type(chunks[0][0])()  # for __cat_dim__ only
+    stores, slice_list = [], []
+    while chunks:  # take the chunks out of the caller's list: freed as they are joined
+        data, sl = chunks.pop(0)
+        stores.append(data.to_dict())
+        slice_list.append(sl)
+        del data
     data, slices = {}, {}
     for key in list(stores[0]):
         value = stores[0][key]
-        dim = first.__cat_dim__(key, value)
+        dim = proto.__cat_dim__(key, value)
         dim = dim + value.dim() if dim < 0 else dim
         offset, parts = 0, []
         for i, (store, sl) in enumerate(zip(stores, slice_list, strict=True)):

@@ -24,20 +24,22 @@ class GraphTransformNet(nn.Module):
 
     .. code-block:: text
 
-        bytes ─▶ GraphemeEncoder ─▶ [gated DAGConv + self-attention + FF] × L_enc  (question)
+        bytes ─▶ GraphemeEncoder ─▶ GPSConv(DAGConv ∥ self-attention) × L_enc   (question)
               ─▶ canvas: a chain of ``max_answer_length`` slots per question
-              ─▶ [gated DAGConv along the canvas + self-attention + cross-attention] × L_dec
+              ─▶ [DAGConv along the canvas + self-attention + cross-attention] × L_dec
               ─▶ ByteHead (a byte distribution per canvas node)
               ─▶ ThresholdMergePool along the canvas chain ─▶ answer chain
 
-    - **Encoder.** Pre-LN graph transformer blocks (:class:`~pyg_grapheme.nn.
-      PreNormGraphBlock`): local :class:`DAGConv` message passing over the reading-order
-      edges (direction-aware), behind a learned gate that starts closed, and multi-head
-      self-attention over every node of the same question, so one layer relates any two
-      graphemes (a place in a number to the word that names it) at ``O(sum_g n_g^2)``;
-      positions are the encoder's learned ones. ``block="gps"`` uses post-LN
-      :class:`~torch_geometric.nn.conv.GPSConv` layers (Rampasek et al., 2022) around the
-      same :class:`DAGConv` instead; it learnt more slowly per step (docs/model.md).
+    - **Encoder.** :class:`~torch_geometric.nn.conv.GPSConv` layers (Rampasek et al.,
+      2022): a local :class:`DAGConv` over the reading-order edges (direction-aware) in
+      parallel with multi-head self-attention over every node of the same question,
+      so one layer relates any two graphemes (a place in a number to the word that
+      names it) at ``O(sum_g n_g^2)``; positions are the encoder's learned ones.
+      ``block="pre_ln"`` uses pre-LN graph blocks instead
+      (:class:`~pyg_grapheme.nn.PreNormGraphBlock`: a gated DAGConv branch,
+      self-attention and feed-forward on an unnormalised residual stream; the decoder's
+      DAGConv gated too). Measured (docs/model.md): better on the place-value task,
+      worse on the math curriculum; neither form wins both.
     - **Canvas.** The answer is not bounded by the question's length: every question
       gets a chain of :math:`T` = ``max_answer_length`` canvas nodes: a learned slot
       embedding plus a uniform copy of the question (slot :math:`k` copies question node
@@ -67,7 +69,7 @@ class GraphTransformNet(nn.Module):
         dropout: dropout in the attention layers (default ``0``).
         max_input_length: longest question (in graphemes) :meth:`forward` accepts;
             memory grows as its square (default ``4096``).
-        block: ``"pre_ln"`` (default) or ``"gps"``, the layers' form (see above).
+        block: ``"gps"`` (default) or ``"pre_ln"``, the layers' form (see above).
         message_gate: initial value of the pre-LN blocks' message-passing gates
             (default ``0``; :class:`~pyg_grapheme.nn.GatedMessagePassing`).
 
@@ -95,7 +97,7 @@ class GraphTransformNet(nn.Module):
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
         max_input_length: int = 4096,
-        block: str = "pre_ln",
+        block: str = "gps",
         message_gate: float = 0.0,
     ) -> None:
         super().__init__()

@@ -116,7 +116,7 @@ class GraphemeModule(L.LightningModule):
         pool_proj_channels: int | None = 32,
         dropout: float = 0.0,
         max_input_length: int = 4096,
-        block: str = "pre_ln",
+        block: str = "gps",
         message_gate: float = 0.0,
         segmentation_weight: float = 1.0,
         alpha: float = 0.0,
@@ -208,12 +208,13 @@ class GraphemeModule(L.LightningModule):
         return total, pred, targets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Lightning calls this before load_state_dict: name the mismatch a checkpoint
-        # from before the pre-LN layers (trained with GPSConv, no ``block`` saved) causes.
-        saved = checkpoint.get("hyper_parameters", {})
-        layers = "gps" if any(k.startswith("model.enc.0.conv.") for k in
-                              checkpoint.get("state_dict", {})) else "pre_ln"
-        if saved.get("block", layers) != self.hparams.block or layers != self.hparams.block:
+        # Lightning calls this before load_state_dict: a checkpoint of one layer form
+        # (``block``) loaded as the other gets the fix named, not a list of missing keys.
+        keys = checkpoint.get("state_dict", {})
+        forms = {"gps": "model.enc.0.conv.", "pre_ln": "model.enc.0.local."}
+        layers = next((f for f, p in forms.items() if any(k.startswith(p) for k in keys)),
+                      self.hparams.block)  # no encoder layers: nothing to tell apart
+        if layers != self.hparams.block:
             raise ValueError(
                 f"this checkpoint holds block={layers!r} layers but the model was built "
                 f"with block={self.hparams.block!r}; load it with block={layers!r} "

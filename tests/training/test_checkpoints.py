@@ -133,20 +133,21 @@ def test_kill_9_never_leaves_a_bad_checkpoint(tmp_path):
     assert epochs == sorted(epochs) and epochs[-1] > epochs[0]
 
 
-def test_checkpoint_from_before_the_pre_ln_layers_fails_clearly_or_loads(tmp_path):
-    """A checkpoint saved before ``block`` existed holds GPSConv layers: loading it with
-    today's default names the fix; loading it with ``block='gps'`` restores it."""
+def test_checkpoint_of_other_layers_fails_clearly_or_loads(tmp_path):
+    """A checkpoint saved before ``block`` existed (GPSConv layers, no ``block`` in its
+    hyperparameters) loads with today's default; asking for the other layers' form names
+    the checkpoint's form instead of a list of missing keys."""
     import lightning as L
 
     from pyg_grapheme.training import GraphemeModule
 
     old = GraphemeModule(hidden=16, heads=2, max_answer_length=4, block="gps")
-    hparams = {k: v for k, v in old.hparams.items() if k != "block"}
+    hparams = {k: v for k, v in old.hparams.items() if k not in ("block", "message_gate")}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": L.__version__}, path)
-    with pytest.raises(ValueError, match="block='gps'.*load_from_checkpoint"):
-        GraphemeModule.load_from_checkpoint(path)
-    loaded = GraphemeModule.load_from_checkpoint(path, block="gps")
+    loaded = GraphemeModule.load_from_checkpoint(path)
     for key, value in old.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="holds block='gps'.*load_from_checkpoint"):
+        GraphemeModule.load_from_checkpoint(path, block="pre_ln")
