@@ -5,9 +5,9 @@
 Table 1: graphs/s for batches of 64 QA-sized graphs (20-60 graphemes, answers 1-8),
 forward only, forward+backward (the training step without the optimizer), and a whole
 Adam step, at canvas sizes (``max_answer_length``, the cap on the answer's length)
-8 .. 64: how the cost grows with the cap. Table 2: one graph of n = 100 .. 4,000
-nodes (canvas 32): seconds per forward+backward and microseconds per node (the encoder's
-self-attention is quadratic in n).
+8 .. 64: how the cost grows with the cap, for each layer form (``block``). Table 2: one
+graph of n = 100 .. 4,000 nodes (canvas 32): seconds per forward+backward and
+microseconds per node (the encoder's self-attention is quadratic in n).
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
 small ops far slower).
 """
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000, 4000])
     ap.add_argument("--canvas", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--blocks", nargs="+", default=["gps", "pre_ln"],
+                    help="GraphTransformNet layer forms to time in table 1")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
@@ -67,12 +69,12 @@ def main() -> None:
                                [rng.randint(1, 8) for _ in range(64)])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
-    print("\n| canvas (max_answer_length) | parameters | forward graphs/s | "
+    print("\n| layers | canvas (max_answer_length) | parameters | forward graphs/s | "
           "forward+backward graphs/s | Adam step graphs/s |")
-    print("|---|---|---|---|---|")
-    for k in args.canvas:
+    print("|---|---|---|---|---|---|")
+    for block, k in ((b, k) for k in args.canvas for b in args.blocks):
         torch.manual_seed(0)
-        model = GraphTransformNet(max_answer_length=k)
+        model = GraphTransformNet(max_answer_length=k, block=block)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         params = sum(p.numel() for p in model.parameters())
 
@@ -89,7 +91,8 @@ def main() -> None:
             opt.step()
 
         rates = [64 / timed(fn, args.repeats) for fn in (forward, forward_backward, step)]
-        print(f"| {k} | {params:,} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
+        print(f"| {block} | {k} | {params:,} | " + " | ".join(f"{r:.0f}" for r in rates)
+              + " |")
 
     torch.manual_seed(0)
     model = GraphTransformNet(max_answer_length=32)
