@@ -12,7 +12,6 @@ Variants are ``GraphTransformNet`` keyword sets, ``;``-separated ``key=value,...
 from __future__ import annotations
 
 import argparse
-import ast
 import random
 import sys
 import time
@@ -21,23 +20,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # baseline_seq2seq next to this file
 
+from baseline_seq2seq import parse_kwargs  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 from pyg_grapheme.data import FOLLOW_BATCH, PairData, generate_task, split_pair_batch  # noqa: E402
 from pyg_grapheme.loss import segmentation_nll  # noqa: E402
 from pyg_grapheme.nn import GraphTransformNet  # noqa: E402
-
-
-def parse_variant(text: str) -> dict:
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, value = item.split("=", 1)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def run(task: str, variant: dict, steps: int, eval_every: int, n_val: int, seed: int,
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     results = {}
     for text in args.variants.split(";"):
-        variant = parse_variant(text)
+        variant = parse_kwargs(text)
         results[text] = run(args.task, variant, args.steps, args.eval_every, args.val,
                             args.seed, lr=args.lr)
     print(f"\n{args.task}, batch 32, seed {args.seed}: validation exact match by step "

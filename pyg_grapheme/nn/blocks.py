@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn import GPSConv
 from torch_geometric.utils import to_dense_batch
 
 from pyg_grapheme.nn.dag_conv import DAGConv
@@ -105,6 +106,28 @@ class PreNormGraphBlock(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, heads={self.heads})"
+
+
+def gps_layer(channels: int, heads: int, dropout: float = 0.0) -> GPSConv:
+    """PyG's :class:`~torch_geometric.nn.conv.GPSConv` around a :class:`DAGConv`: local
+    reading-order messages in parallel with self-attention over each graph (post-LN)."""
+    return GPSConv(channels, DAGConv(channels), heads=heads, dropout=dropout, act="gelu",
+                   norm="layer_norm", norm_kwargs={"mode": "node"})
+
+
+def reading_order(batch) -> tuple[Tensor, int, Tensor]:
+    """``(batch vector [N], number of graphs, reading-order edges [2, E])`` of a batch of
+    text graphs; a single graph without ``batch`` is graph 0, and with a 1-dim
+    ``edge_attr`` only the edges marked 1 (reading order) are kept."""
+    x = batch.x
+    vec = getattr(batch, "batch", None)
+    if vec is None:
+        vec = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+    num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+    chain = batch.edge_index
+    if getattr(batch, "edge_attr", None) is not None and batch.edge_attr.dim() == 1:
+        chain = chain[:, batch.edge_attr == 1]
+    return vec, num_graphs, chain
 
 
 def reset_transformer_layer(layer: nn.Module) -> None:

@@ -5,21 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import GPSConv
 
-from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.blocks import gps_layer, reading_order
 from pyg_grapheme.nn.edge_head import EdgeHead, all_pairs
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.head import ByteHead
 from pyg_grapheme.nn.merge_pool import ThresholdMergePool
 
 __all__ = ["ExpressionNet", "hard_graphs"]
-
-
-def _gps(hidden: int, heads: int, dropout: float) -> GPSConv:
-    # The encoder layer of GraphTransformNet: local DAGConv + global attention per graph.
-    return GPSConv(hidden, DAGConv(hidden), heads=heads, dropout=dropout, act="gelu",
-                   norm="layer_norm", norm_kwargs={"mode": "node"})
 
 
 class ExpressionNet(nn.Module):
@@ -98,12 +91,12 @@ class ExpressionNet(nn.Module):
         self.hidden = hidden
         self.keep_bias = keep_bias
         self.encoder = GraphemeEncoder(hidden)
-        self.enc = nn.ModuleList(_gps(hidden, heads, dropout) for _ in range(encoder_layers))
+        self.enc = nn.ModuleList(gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))
         self.pool = ThresholdMergePool(
             hidden, reduce="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
-        self.tok = nn.ModuleList(_gps(hidden, heads, dropout) for _ in range(token_layers))
+        self.tok = nn.ModuleList(gps_layer(hidden, heads, dropout) for _ in range(token_layers))
         self.keep = nn.Linear(hidden, 1)
         self.head = ByteHead(hidden)
         self.span_features = span_features
@@ -121,13 +114,7 @@ class ExpressionNet(nn.Module):
     def forward(self, batch: Batch) -> Batch:
         x = batch.x
         n = x.size(0)
-        vec = getattr(batch, "batch", None)
-        if vec is None:
-            vec = torch.zeros(n, dtype=torch.long, device=x.device)
-        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
-        chain = batch.edge_index
-        if getattr(batch, "edge_attr", None) is not None and batch.edge_attr.dim() == 1:
-            chain = chain[:, batch.edge_attr == 1]  # reading order only
+        vec, num_graphs, chain = reading_order(batch)
         h = self.encoder(x, vec)
         for conv in self.enc:
             h = conv(h, chain, vec)

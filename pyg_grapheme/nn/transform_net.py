@@ -8,11 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import GPSConv
 from torch_geometric.utils import cumsum, to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
-from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock, reset_transformer_layer
+from pyg_grapheme.nn.blocks import (
+    GatedMessagePassing,
+    PreNormGraphBlock,
+    gps_layer,
+    reading_order,
+    reset_transformer_layer,
+)
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
@@ -114,10 +119,7 @@ class GraphTransformNet(nn.Module):
         self.encoder = GraphemeEncoder(hidden)
         if block == "gps":
             self.enc = nn.ModuleList(
-                GPSConv(hidden, DAGConv(hidden), heads=heads, dropout=dropout, act="gelu",
-                        norm="layer_norm", norm_kwargs={"mode": "node"})
-                for _ in range(encoder_layers)
-            )
+                gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))
         else:
             self.enc = nn.ModuleList(
                 PreNormGraphBlock(hidden, heads, ff_mult, dropout, gate=message_gate)
@@ -170,10 +172,7 @@ class GraphTransformNet(nn.Module):
         """
         x = batch.x
         n = x.size(0)
-        vec = getattr(batch, "batch", None)
-        if vec is None:
-            vec = torch.zeros(n, dtype=torch.long, device=x.device)
-        num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+        vec, num_graphs, chain = reading_order(batch)
         sizes = torch.bincount(vec, minlength=num_graphs)
         longest = int(sizes.max()) if n else 0
         if longest > self.max_input_length:
@@ -182,9 +181,6 @@ class GraphTransformNet(nn.Module):
                 f"{self.max_input_length} (memory grows as its square); split the text "
                 "or raise max_input_length"
             )
-        chain = batch.edge_index
-        if getattr(batch, "edge_attr", None) is not None and batch.edge_attr.dim() == 1:
-            chain = chain[:, batch.edge_attr == 1]  # reading order only
 
         h = self.encoder(x, vec)
         for conv in self.enc:
