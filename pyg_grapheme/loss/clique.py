@@ -48,6 +48,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import to_dense_batch
 
+from pyg_grapheme.loss.inputs import _read_pair, _reduce, _Side
+
 __all__ = ["clique_statistics", "clique_loss"]
 
 
@@ -100,8 +102,8 @@ def clique_statistics(
         H = torch.zeros(num_graphs, 3, feat.size(1), dtype=dtype, device=x.device)
         return H.index_add(0, batch, stats.unsqueeze(2) * feat.unsqueeze(1))
     # Sorted (PyG collation): a batched [3, n] @ [n, D] product per graph, without the
-    # [N, 3, D] outer product (measured 2-3x faster forward + backward on byte-head
-    # features [N, 8, 256]).
+    # [N, 3, D] outer product (faster forward + backward on byte-head features
+    # [N, 8, 256]: docs/loss.md).
     fd = to_dense_batch(feat, batch, batch_size=num_graphs)[0]
     sd = to_dense_batch(stats, batch, batch_size=num_graphs)[0]
     return sd.transpose(1, 2) @ fd
@@ -113,20 +115,12 @@ def clique_loss(pred: Any, target: Any, reduction: str = "none") -> Tensor:
     ``pred`` and ``target`` are PyG ``Batch``-like objects (``x``, ``edge_index``,
     optional ``edge_weight``, ``node_weight``, ``batch``); see the module docstring.
     """
-    from pyg_grapheme.loss.structural import _read_pair  # shared validation
-
     p, t = _read_pair(pred, target)
+    return _reduce(_clique_term(p, t), reduction)
+
+
+def _clique_term(p: _Side, t: _Side) -> Tensor:
+    """Half the L1 distance between the two sides' signatures, ``[B]``."""
     Hp = clique_statistics(p.x, p.edge_index, p.batch, p.num_graphs, p.edge_weight, p.node_weight)
     Ht = clique_statistics(t.x, t.edge_index, t.batch, t.num_graphs, t.edge_weight, t.node_weight)
-    out = 0.5 * (Hp - Ht).abs().sum((1, 2))
-    return _reduce(out, reduction)
-
-
-def _reduce(v: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return v
-    if reduction == "sum":
-        return v.sum()
-    if reduction == "mean":
-        return v.mean() if v.numel() else v.sum()
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return 0.5 * (Hp - Ht).abs().sum((1, 2))
