@@ -62,3 +62,51 @@ def test_bad_shapes_raise():
     M, A, B, a, b = _problem(3, 4, 0)
     with pytest.raises(ValueError, match="shape mismatch"):
         fgw(M, B, A, a, b)
+
+
+def test_without_structure_it_is_entropic_ot_against_pot():
+    # beta = 0: no linearisation, one Sinkhorn solve of M (POT's log-domain Sinkhorn).
+    M, A, B, a, b = _problem(6, 4, 3)
+    ours = fgw(M, A, B, a, b, beta=0.0, reg=0.1)
+    T = ot.bregman.sinkhorn_log(a, b, M, 0.1, numItermax=10_000, stopThr=1e-14)
+    torch.testing.assert_close(ours.plan, T, atol=1e-9, rtol=0)
+    assert ours.iterations == 1
+
+
+@pytest.mark.filterwarnings("ignore:Solver failed")
+def test_l1_edge_loss_is_the_square_loss_on_binary_structure_against_pot():
+    # x + y - 2xy = (x - y)^2 for x, y in {0, 1}: POT's square loss is the oracle.
+    beta, reg = 0.5, 0.2
+    M, A, B, a, b = _problem(4, 5, 4, soft=False)
+    ours = fgw(M, A, B, a, b, beta=beta, reg=reg, edge_loss="l1", max_outer=500)
+    T = ot.gromov.entropic_fused_gromov_wasserstein(
+        M, A, B, a, b, loss_fun="square_loss", epsilon=reg / (1 + beta),
+        alpha=beta / (1 + beta), symmetric=False, G0=torch.outer(a, b), max_iter=2000,
+        tol=1e-14, numItermax=10_000, stopThr=1e-15,
+    )
+    torch.testing.assert_close(ours.plan, T, atol=1e-6, rtol=0)
+
+
+def test_result_fields_marginals_and_dtype():
+    M, A, B, a, b = _problem(5, 3, 5)
+    res = fgw(M, A, B, a, b, beta=0.5, reg=0.1, reg_init=1.0)
+    f, g = res.potentials
+    assert f is res.f and g is res.g and f.shape == (5,) and g.shape == (3,)
+    assert res.iterations == res.outer_iter > 1  # annealing steps + stationary + final
+    torch.testing.assert_close(res.plan.sum(1), a, atol=1e-9, rtol=0)
+    torch.testing.assert_close(res.plan.sum(0), b, atol=1e-9, rtol=0)
+    assert not res.plan.requires_grad
+    single = fgw(M.float(), A.float(), B.float(), a.float(), b.float(), beta=0.5, reg=0.1)
+    assert single.plan.dtype == torch.float32 and single.cost.shape == (5, 3)
+
+
+def test_bad_options_raise():
+    M, A, B, a, b = _problem(3, 4, 0)
+    with pytest.raises(ValueError, match="reg must be > 0"):
+        fgw(M, A, B, a, b, reg=0.0)
+    with pytest.raises(ValueError, match="edge_loss"):
+        fgw(M, A, B, a, b, edge_loss="l2")
+    with pytest.raises(ValueError, match=r"M must have shape \[n, m\] or \[B, n, m\]"):
+        fgw(M[0], A, B, a, b)
+    with pytest.raises(ValueError, match="at least one row"):
+        fgw(M[:0], A[:0, :0], B, a[:0], b)
