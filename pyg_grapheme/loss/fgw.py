@@ -327,7 +327,9 @@ def _solve_fgw(
             f"{tol:.0e}); the gradient is that of the returned plan, not exact. Raise "
             "max_outer / max_iter or reg.",
             RuntimeWarning,
-            stacklevel=3,
+            # The caller of structural_loss or fgw: one frame for the function, one for
+            # its decorator (_autocast_off, torch.no_grad).
+            stacklevel=4,
         )
     return FGWResult(P_new, f, g, M, steps, residual, err)
 

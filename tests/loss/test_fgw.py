@@ -3,8 +3,9 @@
 import ot
 import pytest
 import torch
+from torch_geometric.data import Data
 
-from pyg_grapheme.loss import fgw
+from pyg_grapheme.loss import fgw, structural_loss
 
 
 def _problem(n, m, seed, soft=True):
@@ -110,3 +111,15 @@ def test_bad_options_raise():
         fgw(M[0], A, B, a, b)
     with pytest.raises(ValueError, match="at least one row"):
         fgw(M[:0], A[:0, :0], B, a[:0], b)
+
+
+def test_the_non_convergence_warning_points_at_the_caller():
+    M, A, B, a, b = _problem(5, 4, 1)
+    with pytest.warns(RuntimeWarning, match="did not converge") as caught:
+        fgw(M, A, B, a, b, beta=0.7, reg=0.2, max_outer=1, max_iter=2)
+    g = Data(x=torch.eye(3, dtype=torch.float64), edge_index=torch.tensor([[0, 1], [1, 2]]))
+    h = Data(x=torch.eye(3, dtype=torch.float64)[[1, 0]], edge_index=torch.tensor([[0], [1]]))
+    with pytest.warns(RuntimeWarning, match="did not converge") as caught_loss:
+        structural_loss(g, h, max_outer=1, max_iter=2)
+    for w in (caught[0], caught_loss[0]):
+        assert w.filename == __file__
