@@ -179,27 +179,9 @@ def _solve_fgw(
     Memory is :math:`O(BRC)` whatever the number of steps. Warns once (per call) if a
     pair ends above 10x ``outer_tol`` / ``tol``, naming the worst pair and its residual.
     """
-    B, R, C = M0.shape
-    dtype = M0.dtype
-    tiny = torch.finfo(dtype).tiny
-    S = a.sum(1).clamp_min(tiny)
-    Sv = S.view(B, 1, 1)
-    cell_ok = (a > 0).unsqueeze(2) & (b > 0).unsqueeze(1)
-    P = a.unsqueeze(2) * b.unsqueeze(1) / Sv
-
-    def linearise(P: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        """``M(P)`` with the dd shift at ``eps``, and ``<P, M0 + beta grad Q / 2>``
-        (the unregularised objective: Q is a homogeneous quadratic)."""
-        M = M0.clone() if edges is None else M0 + beta * edges.grad(P)
-        obj = (P * M0).sum((1, 2))
-        if edges is not None:
-            obj = 0.5 * (obj + (P * M).sum((1, 2)))
-        M[:, n, m] = M[:, n, m] - eps * log_rho
-        return M, obj
-
-    def objective(P: Tensor, obj: Tensor) -> Tensor:
-        return obj + reg * (torch.xlogy(P, P).sum((1, 2)) - P[:, n, m] * log_rho)
-
+    problem = _Problem(M0, edges, beta, a, b, log_rho, n, m)
+    # The product of the marginals (divided by the mass) starts every pair.
+    P = a.unsqueeze(2) * b.unsqueeze(1) / problem.Sv
     f: Tensor | None = None
     g: Tensor | None = None
     steps = 0
@@ -208,130 +190,194 @@ def _solve_fgw(
         anneal = 0 if reg_init is None or reg_init <= reg else max(0, anneal)
         for t in range(anneal):
             eps = _schedule(t, reg, reg_init, anneal)
-            M, _ = linearise(P, eps)
+            M, _ = problem.linearise(P, eps)
             f, g, P, _, _ = solve(M, a, b, eps, init=None if f is None else (f, g),
                                   max_iter=inner_iter, tol=tol, method=method)
             steps += 1
-
-        lam = torch.zeros(B, dtype=dtype, device=M0.device)
-        lam_max = _LAM_MAX * reg  # beyond this a step barely moves; the cap warns instead
-        inner_tol = max(tol, 1e-3)
-        # Stationary-phase solves are warm-started and need not be exact far from the
-        # fixed point: a fifth of the final solve's cap (same convergence, less time:
-        # docs/loss.md).
-        step_iter = max(inner_iter, max_iter // 5)
-        err_in = torch.zeros_like(lam)
-        res = torch.full_like(lam, math.inf)
-        obj_prev = None
-        best = torch.full_like(lam, math.inf)
-        since = torch.zeros(B, dtype=torch.long, device=M0.device)
-        act = torch.ones(B, dtype=torch.bool, device=M0.device)  # pairs still iterated
-        d_prev: Tensor | None = None
-        # The working set (global indices gidx) shrinks as pairs converge; the full
-        # problem is kept for the final step.
-        full = (M0, a, b, log_rho, S, Sv, cell_ok, edges)
-        gidx = torch.arange(B, device=M0.device)
-        if f is None:
-            f, g = torch.zeros_like(a), torch.zeros_like(b)
-        P_out, f_out, g_out = P, f, g
-        for _ in range(max_outer):
-            M, obj = linearise(P, reg)
-            obj = objective(P, obj)
-            if obj_prev is not None:
-                d_obj = (obj - obj_prev).abs() / S
-                done_ = (res <= outer_tol) & (d_obj <= outer_tol)
-                # A pair that neither halved its residual nor lowered its objective
-                # (by more than outer_tol) within _PATIENCE steps has stalled (a cycle or
-                # a plateau): it stops taking steps and is reported by the warning. A
-                # pair leaving a saddle (residual growing, objective falling) goes on.
-                improved = res < 0.5 * best
-                best = torch.where(improved, res, best)
-                descent = obj < obj_prev - outer_tol * S
-                since = torch.where(improved | descent, 0, since + 1)
-                act = act & ~done_ & (since < _PATIENCE)
-                if not bool(act.any()):
-                    break
-                if 4 * int(act.sum()) <= 3 * act.numel():
-                    # A quarter of the working set has left: shrink it, edges included
-                    # (grad Q and every per-pair op then run on the active pairs only).
-                    keep, gone = act, ~act
-                    P_out = P_out.index_copy(0, gidx[gone], P[gone])
-                    f_out = f_out.index_copy(0, gidx[gone], f[gone])
-                    g_out = g_out.index_copy(0, gidx[gone], g[gone])
-                    gidx = gidx[keep]
-                    M0, a, b, log_rho = M0[keep], a[keep], b[keep], log_rho[keep]
-                    S, Sv, cell_ok, edges = S[keep], Sv[keep], cell_ok[keep], edges.subset(keep)
-                    P, f, g, M, obj = P[keep], f[keep], g[keep], M[keep], obj[keep]
-                    lam, res, best, since = lam[keep], res[keep], best[keep], since[keep]
-                    err_in, d_prev, act = err_in[keep], d_prev[keep], act[keep]
-            obj_prev = obj
-            # Only the active pairs are solved (converged ones drop out of the batch).
-            idx = act.nonzero().squeeze(1)
-            Pi, Mi, lam_i = P[idx], M[idx], lam[idx]
-            scale = (reg / (reg + lam_i)).view(-1, 1, 1)
-            if bool((lam_i > 0).any()):
-                logP = torch.where(cell_ok[idx], Pi.clamp_min(tiny).log(), 0.0)
-                M_eff = scale * (Mi - lam_i.view(-1, 1, 1) * logP)
-            else:
-                M_eff = Mi
-            init = None if f is None else (f[idx] * scale[:, :, 0], g[idx] * scale[:, 0])
-            fr, gr, P_new, _, e_i = solve(M_eff, a[idx], b[idx], reg, init=init,
-                                          max_iter=step_iter, tol=inner_tol, method=method)
-            dif = P_new - Pi
-            raw = dif.abs().sum((1, 2)) / S[idx]
-            # Adaptive proximal weight from the last two steps of each pair: successive
-            # steps nu = +-|d_t| / |d_t-1| estimate the damped map's dominant eigenvalue,
-            # mu = (nu (eps + lam) - lam) / eps the plain one; lam = -eps mu cancels an
-            # oscillating mode (mu < 0) to first order; a monotone one needs none.
-            dn = dif.flatten(1).norm(dim=1)
-            if d_prev is not None:
-                dp = d_prev[idx]
-                pn = dp.flatten(1).norm(dim=1)
-                cos = (dif * dp).sum((1, 2)) / (dn * pn).clamp_min(tiny)
-                nu = torch.sign(cos) * dn / pn.clamp_min(tiny)
-                mu = (nu * (reg + lam_i) - lam_i) / reg
-                new_lam = torch.clamp(-reg * mu, min=0.0, max=lam_max)
-                lam = lam.index_copy(0, idx, torch.where(cos.abs() > 0.5, new_lam, lam_i))
-                d_prev = d_prev.index_copy(0, idx, dif)
-            else:
-                d_prev = torch.zeros_like(P).index_copy(0, idx, dif)
-            if f is None:
-                f, g = torch.zeros_like(a), torch.zeros_like(b)
-            f, g = f.index_copy(0, idx, fr / scale[:, :, 0]), g.index_copy(0, idx, gr / scale[:, 0])
-            P = P.index_copy(0, idx, P_new)
-            err_in = err_in.index_copy(0, idx, e_i / S[idx])
-            res = res.index_copy(0, idx, raw / scale.view(-1))  # undamped step, 1st order
-            steps += 1
-            # Inner solves only as exact as the step is long (inexact proximal point).
-            open_ = raw > outer_tol * scale.view(-1)
-            if bool(open_.any()):
-                inner_tol = max(tol, min(1e-3, 0.1 * float(raw[open_].min())))
-        P = P_out.index_copy(0, gidx, P)
-        f, g = f_out.index_copy(0, gidx, f), g_out.index_copy(0, gidx, g)
-        M0, a, b, log_rho, S, Sv, cell_ok, edges = full
-    M, _ = linearise(P, reg)
+        P, f, g, k = _stationary_phase(problem, P, f, g, reg, inner_iter=inner_iter,
+                                       max_iter=max_iter, max_outer=max_outer, tol=tol,
+                                       outer_tol=outer_tol, method=method)
+        steps += k
+    # Final step: an undamped solve of the linearisation at P, to ``tol``.
+    M, _ = problem.linearise(P, reg)
     f, g, P_new, _, err = solve(M, a, b, reg, init=None if f is None else (f, g),
                                 max_iter=max_iter, tol=tol, method=method)
+    S = problem.S
     residual = (P_new - P).abs().sum((1, 2)) / S if edges is not None else torch.zeros_like(S)
     err = err / S
     steps += 1
+    _warn_if_unconverged(residual, err, outer_tol, tol)
+    return FGWResult(P_new, f, g, M, steps, residual, err)
+
+
+class _Problem:
+    """One batch of FGW problems: the fixed data of :func:`_solve_fgw` and what is
+    derived from it, restricted to a subset of pairs by :meth:`subset`."""
+
+    def __init__(self, M0: Tensor, edges: _Quadratic | None, beta: float, a: Tensor,
+                 b: Tensor, log_rho: Tensor, n: int, m: int) -> None:
+        self.M0, self.edges, self.beta = M0, edges, beta
+        self.a, self.b, self.log_rho, self.n, self.m = a, b, log_rho, n, m
+        self.S = a.sum(1).clamp_min(torch.finfo(M0.dtype).tiny)  # [B] mass of each pair
+        self.Sv = self.S.view(-1, 1, 1)
+        self.cell_ok = (a > 0).unsqueeze(2) & (b > 0).unsqueeze(1)
+
+    def subset(self, keep: Tensor) -> _Problem:
+        out = _Problem.__new__(_Problem)
+        out.M0, out.beta, out.n, out.m = self.M0[keep], self.beta, self.n, self.m
+        out.edges = None if self.edges is None else self.edges.subset(keep)
+        out.a, out.b, out.log_rho = self.a[keep], self.b[keep], self.log_rho[keep]
+        out.S, out.Sv, out.cell_ok = self.S[keep], self.Sv[keep], self.cell_ok[keep]
+        return out
+
+    def linearise(self, P: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """``M(P)`` with the dd shift at ``eps``, and ``<P, M0 + beta grad Q / 2>``
+        (the unregularised objective: Q is a homogeneous quadratic)."""
+        M0, n, m = self.M0, self.n, self.m
+        M = M0.clone() if self.edges is None else M0 + self.beta * self.edges.grad(P)
+        obj = (P * M0).sum((1, 2))
+        if self.edges is not None:
+            obj = 0.5 * (obj + (P * M).sum((1, 2)))
+        M[:, n, m] = M[:, n, m] - eps * self.log_rho
+        return M, obj
+
+    def objective(self, P: Tensor, obj: Tensor, reg: float) -> Tensor:
+        """The regularised objective from the unregularised one ``obj``."""
+        return obj + reg * (torch.xlogy(P, P).sum((1, 2)) - P[:, self.n, self.m] * self.log_rho)
+
+
+def _stationary_phase(
+    problem: _Problem,
+    P: Tensor,
+    f: Tensor | None,
+    g: Tensor | None,
+    reg: float,
+    *,
+    inner_iter: int,
+    max_iter: int,
+    max_outer: int,
+    tol: float,
+    outer_tol: float,
+    method: str,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Step 2 of :func:`_solve_fgw`: ``(P, f, g, steps)``."""
+    B = P.size(0)
+    dev, dtype = P.device, P.dtype
+    tiny = torch.finfo(dtype).tiny
+    steps = 0
+    lam = torch.zeros(B, dtype=dtype, device=dev)
+    lam_max = _LAM_MAX * reg  # beyond this a step barely moves; the cap warns instead
+    inner_tol = max(tol, 1e-3)
+    # Stationary-phase solves are warm-started and need not be exact far from the
+    # fixed point: a fifth of the final solve's cap (same convergence, less time:
+    # docs/loss.md).
+    step_iter = max(inner_iter, max_iter // 5)
+    err_in = torch.zeros_like(lam)
+    res = torch.full_like(lam, math.inf)
+    obj_prev = None
+    best = torch.full_like(lam, math.inf)
+    since = torch.zeros(B, dtype=torch.long, device=dev)
+    act = torch.ones(B, dtype=torch.bool, device=dev)  # pairs still iterated
+    d_prev: Tensor | None = None
+    # The working set (global indices gidx) shrinks as pairs converge.
+    gidx = torch.arange(B, device=dev)
+    if f is None:
+        f, g = torch.zeros_like(problem.a), torch.zeros_like(problem.b)
+    assert g is not None
+    P_out, f_out, g_out = P, f, g
+    for _ in range(max_outer):
+        M, obj = problem.linearise(P, reg)
+        obj = problem.objective(P, obj, reg)
+        if obj_prev is not None:
+            d_obj = (obj - obj_prev).abs() / problem.S
+            done_ = (res <= outer_tol) & (d_obj <= outer_tol)
+            # A pair that neither halved its residual nor lowered its objective
+            # (by more than outer_tol) within _PATIENCE steps has stalled (a cycle or
+            # a plateau): it stops taking steps and is reported by the warning. A
+            # pair leaving a saddle (residual growing, objective falling) goes on.
+            improved = res < 0.5 * best
+            best = torch.where(improved, res, best)
+            descent = obj < obj_prev - outer_tol * problem.S
+            since = torch.where(improved | descent, 0, since + 1)
+            act = act & ~done_ & (since < _PATIENCE)
+            if not bool(act.any()):
+                break
+            if 4 * int(act.sum()) <= 3 * act.numel():
+                # A quarter of the working set has left: shrink it, edges included
+                # (grad Q and every per-pair op then run on the active pairs only).
+                assert d_prev is not None
+                keep, gone = act, ~act
+                P_out = P_out.index_copy(0, gidx[gone], P[gone])
+                f_out = f_out.index_copy(0, gidx[gone], f[gone])
+                g_out = g_out.index_copy(0, gidx[gone], g[gone])
+                gidx = gidx[keep]
+                problem = problem.subset(keep)
+                P, f, g, M, obj = P[keep], f[keep], g[keep], M[keep], obj[keep]
+                lam, res, best, since = lam[keep], res[keep], best[keep], since[keep]
+                err_in, d_prev, act = err_in[keep], d_prev[keep], act[keep]
+        obj_prev = obj
+        # Only the active pairs are solved (converged ones drop out of the batch).
+        idx = act.nonzero().squeeze(1)
+        Pi, Mi, lam_i = P[idx], M[idx], lam[idx]
+        S_i = problem.S[idx]
+        scale = (reg / (reg + lam_i)).view(-1, 1, 1)
+        if bool((lam_i > 0).any()):
+            logP = torch.where(problem.cell_ok[idx], Pi.clamp_min(tiny).log(), 0.0)
+            M_eff = scale * (Mi - lam_i.view(-1, 1, 1) * logP)
+        else:
+            M_eff = Mi
+        init = (f[idx] * scale[:, :, 0], g[idx] * scale[:, 0])
+        fr, gr, P_new, _, e_i = solve(M_eff, problem.a[idx], problem.b[idx], reg, init=init,
+                                      max_iter=step_iter, tol=inner_tol, method=method)
+        dif = P_new - Pi
+        raw = dif.abs().sum((1, 2)) / S_i
+        # Adaptive proximal weight from the last two steps of each pair: successive
+        # steps nu = +-|d_t| / |d_t-1| estimate the damped map's dominant eigenvalue,
+        # mu = (nu (eps + lam) - lam) / eps the plain one; lam = -eps mu cancels an
+        # oscillating mode (mu < 0) to first order; a monotone one needs none.
+        dn = dif.flatten(1).norm(dim=1)
+        if d_prev is not None:
+            dp = d_prev[idx]
+            pn = dp.flatten(1).norm(dim=1)
+            cos = (dif * dp).sum((1, 2)) / (dn * pn).clamp_min(tiny)
+            nu = torch.sign(cos) * dn / pn.clamp_min(tiny)
+            mu = (nu * (reg + lam_i) - lam_i) / reg
+            new_lam = torch.clamp(-reg * mu, min=0.0, max=lam_max)
+            lam = lam.index_copy(0, idx, torch.where(cos.abs() > 0.5, new_lam, lam_i))
+            d_prev = d_prev.index_copy(0, idx, dif)
+        else:
+            d_prev = torch.zeros_like(P).index_copy(0, idx, dif)
+        f, g = f.index_copy(0, idx, fr / scale[:, :, 0]), g.index_copy(0, idx, gr / scale[:, 0])
+        P = P.index_copy(0, idx, P_new)
+        err_in = err_in.index_copy(0, idx, e_i / S_i)
+        res = res.index_copy(0, idx, raw / scale.view(-1))  # undamped step, 1st order
+        steps += 1
+        # Inner solves only as exact as the step is long (inexact proximal point).
+        open_ = raw > outer_tol * scale.view(-1)
+        if bool(open_.any()):
+            inner_tol = max(tol, min(1e-3, 0.1 * float(raw[open_].min())))
+    P = P_out.index_copy(0, gidx, P)
+    f, g = f_out.index_copy(0, gidx, f), g_out.index_copy(0, gidx, g)
+    return P, f, g, steps
+
+
+def _warn_if_unconverged(residual: Tensor, err: Tensor, outer_tol: float, tol: float) -> None:
     # 10x slack: the last step's own rounding should not warn.
     bad = (residual > 10 * outer_tol) | (err > 10 * tol)
     if bool(bad.any()):
         score = torch.maximum(residual / outer_tol, err / tol)
         k = int(score.argmax())
         warnings.warn(
-            f"structural_loss: the FGW solve did not converge for {int(bad.sum())} of {B} "
-            f"pairs (worst: pair {k}, stationarity residual {float(residual[k]):.2e} vs "
-            f"outer_tol {outer_tol:.0e}, marginal error {float(err[k]):.2e} vs tol "
-            f"{tol:.0e}); the gradient is that of the returned plan, not exact. Raise "
-            "max_outer / max_iter or reg.",
+            f"structural_loss: the FGW solve did not converge for {int(bad.sum())} of "
+            f"{bad.numel()} pairs (worst: pair {k}, stationarity residual "
+            f"{float(residual[k]):.2e} vs outer_tol {outer_tol:.0e}, marginal error "
+            f"{float(err[k]):.2e} vs tol {tol:.0e}); the gradient is that of the returned "
+            "plan, not exact. Raise max_outer / max_iter or reg.",
             RuntimeWarning,
-            # The caller of structural_loss or fgw: one frame for the function, one for
-            # its decorator (_autocast_off, torch.no_grad).
-            stacklevel=4,
+            # The caller of structural_loss or fgw: this function, _solve_fgw, the
+            # public function and its decorator (_autocast_off, torch.no_grad).
+            stacklevel=5,
         )
-    return FGWResult(P_new, f, g, M, steps, residual, err)
 
 
 
