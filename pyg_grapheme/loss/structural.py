@@ -40,7 +40,7 @@ deletion). Only the dummy-dummy cell of :math:`R` changes the plan (a cost shift
 :math:`-\varepsilon(\sum a\log a + \sum b \log b)`.
 
 The value is minimised by the functional solver :func:`~pyg_grapheme.loss.fgw._solve_fgw`
-(annealed, then run to a stationary point); the pieces live one a module:
+(annealed, then run to a stationary point); the pieces live one module each:
 
 - :mod:`~pyg_grapheme.loss.inputs`: reading and validating the two batches, padding,
   reductions;
