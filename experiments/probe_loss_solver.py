@@ -31,7 +31,7 @@ from bench_loss import chains, graph_problem  # noqa: E402
 from pyg_grapheme.loss import structural_loss  # noqa: E402
 
 SK = sys.modules["pyg_grapheme.loss.sinkhorn"]
-ST = sys.modules["pyg_grapheme.loss.structural"]
+ST = sys.modules["pyg_grapheme.loss.fgw"]
 
 
 def problems() -> dict:
