@@ -77,6 +77,9 @@ class GraphTransformNet(nn.Module):
         block: ``"gps"`` (default) or ``"pre_ln"``, the layers' form (see above).
         message_gate: initial value of the pre-LN blocks' message-passing gates
             (default ``0``; :class:`~pyg_grapheme.nn.GatedMessagePassing`).
+        run_positions: learned positions of each grapheme inside its run of one
+            Unicode category (a digit's place value; :class:`GraphemeEncoder`; default
+            ``0``: none).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -104,6 +107,7 @@ class GraphTransformNet(nn.Module):
         max_input_length: int = 4096,
         block: str = "gps",
         message_gate: float = 0.0,
+        run_positions: int = 0,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -116,7 +120,7 @@ class GraphTransformNet(nn.Module):
         if block not in ("gps", "pre_ln"):
             raise ValueError(f"block must be 'gps' or 'pre_ln', got {block!r}")
         self.block = block
-        self.encoder = GraphemeEncoder(hidden)
+        self.encoder = GraphemeEncoder(hidden, run_positions=run_positions)
         if block == "gps":
             self.enc = nn.ModuleList(
                 gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))

@@ -202,3 +202,82 @@ def test_byte_head_output_prior_is_each_slots_byte_frequency():
     big = torch.randint(0, 256, (200_000, GRAPHEME_WIDTH), dtype=torch.uint8)
     head.init_output_prior(big)
     assert torch.isfinite(head.lin2.bias).all()
+
+
+# --------------------------------------------------------------- run positions (place value)
+
+RUN_TEXTS = ["In 76249607, which digit?", "héllo ٣٤٥ 👍🏽x!!", "", "7", "a1b22c333 "]
+
+
+def _graphemes(text: str) -> list[str]:
+    import regex  # the UAX #29 oracle text_to_graph is tested against
+
+    return regex.findall(r"\X", text)
+
+
+def test_first_code_point_and_category_match_python():
+    import unicodedata
+
+    from pyg_grapheme.nn.encoder import CATEGORIES, first_code_point
+
+    enc = GraphemeEncoder(8, run_positions=4)
+    texts = [t for t in RUN_TEXTS if t] + ["e\u0301\u4e2d\U0001f600\u200d\u00a0\t"]
+    batch = Batch.from_data_list([text_to_graph(t) for t in texts])
+    first = [ord(g[0]) for t in texts for g in _graphemes(t)]
+    assert first_code_point(batch.x).tolist() == first
+    expected = [CATEGORIES.index(unicodedata.category(chr(c))[0]) + 1 for c in first]
+    assert enc.category(batch.x).tolist() == expected
+    # Not a UTF-8 lead byte (a continuation byte first): undecodable, category 0.
+    bad = torch.tensor([[0x80 + 1] + [0] * (GRAPHEME_WIDTH - 1)], dtype=torch.uint8)
+    assert first_code_point(bad).tolist() == [-1]
+    assert enc.category(bad).tolist() == [0]
+
+
+def test_run_positions_match_a_python_reference():
+    import itertools
+    import unicodedata
+
+    from pyg_grapheme.nn.encoder import run_positions
+
+    enc = GraphemeEncoder(8, run_positions=4)
+    batch = Batch.from_data_list([text_to_graph(t) for t in RUN_TEXTS])
+    start, end = run_positions(enc.category(batch.x), batch.batch)
+    ref_start, ref_end = [], []
+    for text in RUN_TEXTS:
+        cats = [unicodedata.category(g[0])[0] for g in _graphemes(text)]
+        for _, run in itertools.groupby(cats):
+            k = len(list(run))
+            ref_start += list(range(k))
+            ref_end += list(range(k - 1, -1, -1))
+    assert start.tolist() == ref_start and end.tolist() == ref_end
+    # A digit's distance from the end of its number is its place value.
+    g = _graphemes(RUN_TEXTS[0])
+    units = g.index("7", 4)  # the last digit of 76249607
+    assert end[units] == 0 and end[g.index("7")] == 7 and end[g.index("6")] == 6
+    # Runs never cross graphs: "7" alone and the next graph's "a" each start a run.
+    empty = run_positions(torch.zeros(0, dtype=torch.long), None)
+    assert empty[0].numel() == 0 and empty[1].numel() == 0
+
+
+def test_encoder_run_positions_tell_places_apart_and_are_not_saved():
+    torch.manual_seed(0)
+    plain, runs = GraphemeEncoder(16), GraphemeEncoder(16, run_positions=8)
+    runs.load_state_dict(plain.state_dict(), strict=False)
+    assert "category_table" not in runs.state_dict()
+    assert {"run_end_emb.weight", "run_start_emb.weight"} <= set(runs.state_dict())
+    # "1 11": the second "1" of "11" and the lone "1" differ only by their run place.
+    b = Batch.from_data_list([text_to_graph("1 11")])
+    h0, h1 = plain(b.x, b.batch), runs(b.x, b.batch)
+    assert torch.allclose(h0[0] + runs.run_end_emb.weight[0] + runs.run_start_emb.weight[0],
+                          h1[0], atol=1e-6)
+    assert not torch.allclose(h1[2] - h0[2], h1[3] - h0[3])
+    assert "run_positions=8" in repr(runs)
+    with pytest.raises(ValueError, match="run_positions"):
+        GraphemeEncoder(8, run_positions=-1)
+
+
+def test_encoder_with_run_positions_compiles():
+    enc = GraphemeEncoder(8, run_positions=4).eval()
+    b = Batch.from_data_list([text_to_graph(t) for t in ("12 345", "ab")])
+    compiled = torch.compile(enc, backend="aot_eager", dynamic=False)
+    assert torch.allclose(compiled(b.x, b.batch), enc(b.x, b.batch), atol=1e-6)
