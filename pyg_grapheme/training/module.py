@@ -288,7 +288,7 @@ def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     raise ValueError(
         f"{len(bad)} {split} pair(s) cannot be produced: answers must have 1 to {cap} "
-        f"graphemes (max_answer_length); {shown}{more}. Raise --model.max_answer_length "
+        f"graphemes (max_answer_length); {shown}{more}. Raise --model.model.max_answer_length "
         "or drop those pairs"
     )
 

@@ -394,3 +394,29 @@ def test_diverged_training_is_one_line_and_keeps_the_last_finite_checkpoint(
     assert "Traceback" not in err
     last = next(tmp_path.rglob("last.ckpt"))
     assert torch.load(last, weights_only=True)["epoch"] == 0
+
+
+def test_old_flat_checkpoint_through_the_cli(tmp_path, capsys):
+    """``--ckpt_path`` with a checkpoint of the old flat hyperparameters (hidden, lr, ...):
+    translated to the network/optimizer configs, so predict answers with its network."""
+    import lightning as L
+
+    from pyg_grapheme.nn import GraphTransformNet
+    from pyg_grapheme.training import GraphemeModule
+
+    small = {"hidden": 16, "heads": 2, "max_answer_length": 16}
+    old = GraphemeModule(GraphTransformNet(**small))
+    flat = {**small, "lr": 0.01, "betas": (0.9, 0.98), "grad_clip": 0.25, "alpha": 0.0,
+            "beta": 0.0, "gamma": 0.0, "reg": 0.05, "ce_weight": 0.0}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": flat,
+                "pytorch-lightning_version": L.__version__}, path)
+    old.eval()
+    want = old.model.generate(["hi"])
+    rc, out, err = run_main("predict", "--ckpt_path", path, "--data.predict_texts", '["hi"]',
+                            "--trainer.default_root_dir", tmp_path, "--data.root",
+                            tmp_path / "cache", capsys=capsys)
+    assert rc == 0, err[-2000:]
+    from pyg_grapheme.training.cli import escape
+
+    assert out.splitlines() == [f"hi\t{escape(want[0])}"]
