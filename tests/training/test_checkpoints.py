@@ -205,6 +205,10 @@ def test_old_flat_checkpoint_is_translated(tmp_path):
     assert isinstance(opt, torch.optim.Adam)
     assert opt.defaults["lr"] == 0.01 and tuple(opt.defaults["betas"]) == (0.9, 0.98)
     assert "grad_clip" not in loaded.hparams and "hidden" not in loaded.hparams
+    # what the CLI wrote: the same flat keys with LightningCLI's private ones
+    cli_form = {**_old_hparams(**small), "_class_path": "pyg_grapheme.training.GraphemeModule",
+                "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    _same_weights(old, GraphemeModule.load_from_checkpoint(_save(old, path, cli_form)))
     # the --text shortcut reads it too (weights_only)
     from pyg_grapheme.training.cli import load_checkpoint
 
