@@ -345,11 +345,33 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
 
 def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32, **kwargs):
     """The graph model as the comparison trains it: the package's defaults, except the
-    arguments set here (keep this the one place to update); ``kwargs`` go to
-    ``GraphemeModule`` (the objective ablation uses them)."""
+    arguments set here (keep this the one place to update). ``kwargs``: ``model.NAME``
+    go to ``GraphTransformNet``, ``loss.NAME`` to ``StructuralLoss`` (any of them turns
+    the structural term on), the rest to ``GraphemeModule`` (the objective ablation
+    uses them), e.g. ``{"model.block": "gps", "loss.alpha": 1.0, "ce_weight": 10.0}``."""
+    import functools
+    import inspect
+
+    from pyg_grapheme.loss import StructuralLoss
+    from pyg_grapheme.nn import GraphTransformNet
     from pyg_grapheme.training import GraphemeModule
 
-    return GraphemeModule(hidden=hidden, lr=lr, max_answer_length=max_answer_length, **kwargs)
+    groups: dict[str, dict] = {"model": {}, "loss": {}, "module": {}}
+    net_args = inspect.signature(GraphTransformNet).parameters
+    for key, value in kwargs.items():
+        group, dot, name = key.partition(".")
+        if not dot:
+            group, name = "module", key
+            if key in net_args:
+                raise ValueError(f"{key!r} is a GraphTransformNet argument: model.{key}")
+        elif group not in ("model", "loss"):
+            raise ValueError(f"{key!r}: use model.NAME, loss.NAME or a GraphemeModule argument")
+        groups[group][name] = value
+    net = GraphTransformNet(hidden=hidden, max_answer_length=max_answer_length,
+                            **groups["model"])
+    loss = StructuralLoss(**groups["loss"]) if groups["loss"] else None
+    return GraphemeModule(net, loss=loss, optimizer=functools.partial(torch.optim.Adam, lr=lr),
+                          **groups["module"])
 
 
 def answer_slots(data: TaskData) -> int:
@@ -381,7 +403,7 @@ def train_graph(
     name: str = "graph",
 ) -> Result:
     """GraphemeModule on GraphemeDataModule under the shared harness (:func:`fit`: the
-    ``Trainer``'s clipping at 1 overrides the module's own ``grad_clip``)."""
+    ``Trainer`` clips at 1)."""
     from pyg_grapheme.training import GraphemeDataModule
 
     _seed(seed)
@@ -517,8 +539,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="position table rows; 0 sizes it from the data (+16)")
     p.add_argument("--graph-hidden", type=int, default=128)
     p.add_argument("--graph-kwargs", default="",
-                   help="GraphemeModule keywords for the graph model, 'key=value,...' "
-                        "(e.g. block=gps); the table names the model after them")
+                   help="graph model keywords, 'key=value,...': model.NAME for "
+                        "GraphTransformNet, loss.NAME for StructuralLoss, else GraphemeModule "
+                        "(e.g. model.block=gps,ce_weight=1); the table names the model after "
+                        "them")
     p.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)

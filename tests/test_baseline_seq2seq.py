@@ -259,7 +259,23 @@ def test_graph_side_runs_under_budget(bl, tmp_path):
     result = bl.train_graph(data, budget_s=5.0, max_epochs=3, hidden=32, cache_dir=tmp_path,
                             log=None)
     assert result.model == "graph" and 1 <= result.epochs <= 3
-    assert result.params == bl.graph_parameters(32)
+    # the canvas is sized from the data (answer_slots), not graph_parameters' default 32
+    slots = bl.answer_slots(data)
+    assert result.params == bl.count_parameters(bl.build_graph(32, max_answer_length=slots).model)
     assert set(result.exact) == {"train", "val", "test"}
     assert all(0.0 <= v <= 1.0 for v in result.exact.values())
 
+
+
+def test_build_graph_routes_keywords_to_network_loss_and_module(bl):
+    """``--graph-kwargs``: model.NAME -> GraphTransformNet, loss.NAME -> StructuralLoss
+    (the structural term on), the rest -> GraphemeModule; a bare network argument is
+    refused with the spelling that works."""
+    module = bl.build_graph(32, lr=3e-3, **bl.parse_kwargs(
+        "model.block=pre_ln,loss.alpha=2.0,ce_weight=1"))
+    assert module.model.block == "pre_ln" and module.model.hidden == 32
+    assert module.loss.alpha == 2.0 and module.hparams.ce_weight == 1
+    assert module.configure_optimizers().defaults["lr"] == 3e-3
+    assert bl.build_graph(32).loss is None
+    with pytest.raises(ValueError, match="'block' is a GraphTransformNet argument: model.block"):
+        bl.build_graph(32, block="gps")

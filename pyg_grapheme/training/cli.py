@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import inspect
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pyg_grapheme.nn import GraphTransformNet
+from pyg_grapheme.training.base import INJECTED
 from pyg_grapheme.training.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -111,26 +113,55 @@ def default_loggers(save_dir: str | os.PathLike) -> list:
                                    default_hp_metric=False)]
 
 
+def _import(path: str | None) -> Any:
+    if not path:
+        return None
+    module, _, name = path.rpartition(".")
+    with contextlib.suppress(ImportError, AttributeError, ValueError):
+        return getattr(importlib.import_module(module), name)
+    return None
+
+
 class UsageError(ValueError):
     """A command line that would run, but not as asked (reported as one ``error:`` line)."""
 
 
-#: Model arguments that change the parameters' shapes: a checkpoint cannot take others.
-ARCHITECTURE_ARGS = tuple(
-    name for name in inspect.signature(GraphTransformNet).parameters
-    # these change no parameter shape: the checkpoint's weights still load
-    if name not in ("dropout", "max_input_length", "pool_threshold", "pool_tau")
-)
-#: Model arguments whose effect a resumed ``fit`` takes from the checkpoint (the optimizer
-#: and scheduler states are restored), so a new value would be ignored.
-OPTIMIZER_ARGS = ("lr", "betas", "weight_decay", "warmup_epochs", "cosine", "min_lr_ratio")
+#: Network arguments that change no parameter shape: a checkpoint's weights still load
+#: when they differ. Every other ``model.*`` argument (and ``model.class_path``) does.
+NON_SHAPE_ARGS = ("dropout", "max_input_length", "pool_threshold", "pool_tau")
+#: Arguments whose effect a resumed ``fit`` takes from the checkpoint (the optimizer and
+#: scheduler states are restored), so a new value would be ignored.
+OPTIMIZER_ARGS = ("optimizer", "lr_scheduler")
 
 
-def _init_args(model):
-    """The constructor arguments of the ``model`` section (``init_args`` in subclass
-    mode, where the section also names its ``class_path``)."""
-    args = model.get("init_args") if hasattr(model, "get") else None
-    return model if args is None else args
+def flat_args(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A model section (or checkpoint hyperparameters) as ``{"model.hidden": 16,
+    "optimizer.lr": 0.01, "ce_weight": 2.0, ...}``: nested ``class_path`` configs joined
+    with dots, their ``init_args`` / ``dict_kwargs`` levels and private keys dropped."""
+    if isinstance(config, Namespace):
+        config = config.as_dict()
+    out: dict[str, Any] = {}
+    for key, value in (config or {}).items():
+        if key.startswith("_") or (not prefix and key == "class_path"):
+            continue
+        if key in ("init_args", "dict_kwargs") and isinstance(value, dict):
+            out.update(flat_args(value, prefix))
+        elif isinstance(value, dict | Namespace):
+            out.update(flat_args(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _config_path(key: str) -> str:
+    """``"model.hidden"`` -> ``"model.init_args.hidden"`` (its place under the module's
+    ``init_args``)."""
+    return ".init_args.".join(key.split("."))
+
+
+def _is_architecture(key: str) -> bool:
+    group, _, name = key.partition(".")
+    return group == "model" and name not in NON_SHAPE_ARGS
 
 
 def _plain(value):
@@ -138,6 +169,10 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, str) and value.count(".") > 1:  # a class path: the object it names
+        with contextlib.suppress(ImportError, AttributeError, ValueError):
+            module, _, name = value.rpartition(".")
+            return getattr(importlib.import_module(module), name)
     return value
 
 
@@ -168,20 +203,22 @@ class GraphemeCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``ckpt_path`` (from the command line or the config) before Lightning reads
-        the model's hyperparameters from it.
+        """Check ``ckpt_path`` (from the command line or the config) and take the model's
+        arguments from it.
 
         - an unreadable, corrupt, non-Lightning or NaN checkpoint: :class:`CheckpointError`;
         - ``validate`` / ``test`` / ``predict`` without one: :class:`UsageError`, unless
           ``--allow_untrained``;
+        - old flat hyperparameters (``hidden``, ``lr``, ...) are translated
+          (:meth:`~pyg_grapheme.training.base.InjectedModule.upgrade_hparams`);
         - model arguments set (on the command line or in a ``--config`` file) that differ
-          from the checkpoint's: refused (:class:`UsageError`) when
-          they change the architecture (:data:`ARCHITECTURE_ARGS`), or, in ``fit``, the
-          optimizer (:data:`OPTIMIZER_ARGS`, whose state the checkpoint restores); any other
-          difference (a loss weight, ``grad_clip``, ...) is applied, with a warning on
-          stderr for each. Model arguments named nowhere take the checkpoint's values.
-          (Only ``--model.KEY`` flags and the ``model:`` section of ``--config`` files
-          count as named; ``--model '{...}'`` as a whole does not.)
+          from the checkpoint's: refused (:class:`UsageError`) when they change the
+          network's shapes (``model.*`` but :data:`NON_SHAPE_ARGS`), or, in ``fit``, the
+          optimizer or scheduler (whose states the checkpoint restores); any other
+          difference (a loss weight, dropout, ...) is applied, with a warning on stderr
+          for each. Model arguments named nowhere take the checkpoint's values. (Only
+          ``--model.KEY`` flags and the ``model:`` section of ``--config`` files count
+          as named; ``--model '{...}'`` as a whole does not.)
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
@@ -199,25 +236,39 @@ class GraphemeCLI(LightningCLI):
             return super()._parse_ckpt_path()
         ckpt = read_checkpoint(ckpt_path)
         saved = dict(ckpt.get("hyper_parameters") or {})
-        given = _init_args(config["model"])
-        changed = {}
-        for key in self._explicit_model_args(subcommand):
-            if key in saved and key in given and _plain(given[key]) != _plain(saved[key]):
-                changed[key] = (given[key], saved[key])
-        refused = [k for k in changed if k in ARCHITECTURE_ARGS
-                   or (subcommand == "fit" and k in OPTIMIZER_ARGS)]
+        module_cls = _import(saved.get("_class_path") or config["model"].get("class_path"))
+        if hasattr(module_cls, "upgrade_hparams"):
+            saved = module_cls.upgrade_hparams(saved)
+        # a network built in Python left no config: the command line's is used
+        saved = {k: v for k, v in saved.items()
+                 if not (isinstance(v, str) and v.startswith("<") and k in INJECTED)}
+        saved_flat, given_flat = flat_args(saved), flat_args(config["model"])
+        explicit = self._explicit_model_args(subcommand)
+        changed = {
+            key: (given_flat[key], saved_flat[key]) for key in saved_flat
+            if key in given_flat and _plain(given_flat[key]) != _plain(saved_flat[key])
+            and any(key == e or key.startswith(e + ".") for e in explicit)
+        }
+        refused = [k for k in changed if _is_architecture(k)
+                   or (subcommand == "fit" and k.split(".")[0] in OPTIMIZER_ARGS)]
         if refused:
             detail = ", ".join(f"--model.{k} {changed[k][0]!r} (checkpoint: {changed[k][1]!r})"
                                for k in refused)
-            why = ("changes the architecture" if all(k in ARCHITECTURE_ARGS for k in refused)
+            why = ("changes the architecture" if all(map(_is_architecture, refused))
                    else "changes the architecture or the optimizer, whose state is restored")
             raise UsageError(
                 f"{detail}: {why}, so the checkpoint {str(ckpt_path)!r} cannot be used with it; "
                 "drop the argument (the checkpoint's value is used) or train from scratch"
             )
-        super()._parse_ckpt_path()
+        init_args = {k: v for k, v in saved.items() if not k.startswith("_")}
+        model = {"class_path": config["model"].get("class_path"), "init_args": init_args}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+        except SystemExit:
+            raise UsageError(f"the hyperparameters of checkpoint {str(ckpt_path)!r} do not "
+                             "fit the model's arguments (see above)") from None
         for key, (value, old) in changed.items():
-            _init_args(self.config[subcommand]["model"])[key] = value
+            self.config[f"{subcommand}.model.init_args.{_config_path(key)}"] = value
             print(f"warning: --model.{key} {value!r} replaces the checkpoint's {old!r}",
                   file=sys.stderr)
 
@@ -226,18 +277,20 @@ class GraphemeCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _explicit_model_args(self, subcommand: str) -> set[str]:
-        """Model arguments named on the command line or in a ``--config`` file."""
+        """Model arguments named on the command line or in a ``--config`` file, as
+        :func:`flat_args` keys (``model.hidden``, ``optimizer.lr``, ``ce_weight``)."""
         keys = set()
         for arg in getattr(self, "_argv", []):
             if arg.startswith("--model."):
-                name = arg.removeprefix("--model.").split("=", 1)[0].removeprefix("init_args.")
-                keys.add(name.split(".", 1)[0])
+                name = arg.removeprefix("--model.").split("=", 1)[0]
+                keys.add(".".join(p for p in name.split(".")
+                                  if p not in ("init_args", "dict_kwargs")))
         configs = [*(self.config.get("config") or []), *(self.config[subcommand].get("config")
                                                           or [])]
         for path in configs:
             with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
                 model = (yaml.safe_load(Path(str(path)).read_text()) or {}).get("model") or {}
-                keys |= set(model.get("init_args", model))
+                keys |= set(flat_args(model))
         return keys
 
     def predict(self, model, datamodule=None, **kwargs):
@@ -365,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
             args=None if from_command_line else argv,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
         )
     except SIGTERMException:
         print("error: stopped by SIGTERM (last.ckpt saved: resume with --ckpt_path)",

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch import Tensor
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
@@ -22,6 +23,7 @@ from pyg_grapheme.data.pair import FOLLOW_BATCH, split_pair_batch
 from pyg_grapheme.loss import structural_loss
 from pyg_grapheme.nn.expression_net import ExpressionNet, hard_graphs
 from pyg_grapheme.nn.head import one_hot_bytes
+from pyg_grapheme.training.base import InjectedModule
 
 __all__ = ["ExpressionDataModule", "ExpressionModule", "score_expressions"]
 
@@ -43,7 +45,7 @@ def score_expressions(pred: Batch, targets: Batch) -> tuple[list[bool], list[str
     return exact, texts
 
 
-class ExpressionModule(L.LightningModule):
+class ExpressionModule(InjectedModule):
     r"""Train :class:`~pyg_grapheme.nn.ExpressionNet` to turn a question ``(+ (* 3 4) 5)``
     into its expression tree, with :func:`~pyg_grapheme.loss.structural_loss` alone:
 
@@ -62,10 +64,13 @@ class ExpressionModule(L.LightningModule):
     question), the same per level (``..._level1``) and ``val_exact_match`` (= the graph
     one, what the CLI's best checkpoint monitors).
 
+    The network, the optimizer and the scheduler are injected (LightningCLI
+    ``class_path``); gradient clipping is the ``Trainer``'s ``gradient_clip_val``
+    (experiments/expression.yaml: 1.0). Checkpoints are rebuilt and old flat ones
+    translated as for :class:`~pyg_grapheme.training.GraphemeModule`.
+
     Args:
-        hidden, heads, encoder_layers, token_layers, pool_threshold, pool_tau,
-            pool_proj_channels, edge_hidden, max_distance, keep_bias, edge_bias, dropout:
-            :class:`~pyg_grapheme.nn.ExpressionNet`.
+        model: the network (default :class:`~pyg_grapheme.nn.ExpressionNet` ``()``).
         alpha, beta, gamma, reg, node_cost, indel_cost: structural loss options.
         beta_warmup_steps: train with ``beta = 0`` (nodes only) for this many steps.
             While the labels are unlearnt the plan is diffuse and the edge term pushes
@@ -73,7 +78,8 @@ class ExpressionModule(L.LightningModule):
             (measured: the edge term stuck at exactly 3.0 or 6.0 of 6 target edges on
             level 2). With the labels learnt first the plan is sharp when edges start.
         ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
-        lr, weight_decay: Adam. grad_clip: clip the gradient 2-norm (``None``: off).
+        optimizer: ``parameters -> Optimizer`` (default Adam, lr 1e-3).
+        lr_scheduler: ``optimizer -> LRScheduler``, stepped every epoch (``None``: none).
         init_head_prior: before training from scratch, set the byte head's output bias to
             the training labels' byte frequencies
             (:meth:`~pyg_grapheme.nn.ByteHead.init_output_prior`): with a uniform head
@@ -82,20 +88,12 @@ class ExpressionModule(L.LightningModule):
         num_examples: decoded examples printed per validation epoch.
     """
 
+    network = ExpressionNet
+    flat_optimizer = ("lr", "weight_decay")
+
     def __init__(
         self,
-        hidden: int = 64,
-        heads: int = 4,
-        encoder_layers: int = 2,
-        token_layers: int = 1,
-        pool_threshold: float = 0.9,
-        pool_tau: float = 1.0,
-        pool_proj_channels: int | None = 32,
-        edge_hidden: int | None = None,
-        max_distance: int = 16,
-        keep_bias: float = 0.0,
-        edge_bias: float = 0.0,
-        dropout: float = 0.0,
+        model: nn.Module | None = None,
         alpha: float = 1.0,
         beta: float = 1.0,
         gamma: float = 0.0,
@@ -104,21 +102,16 @@ class ExpressionModule(L.LightningModule):
         node_cost: str = "nll",
         indel_cost: float | None = None,
         ce_weight: float = 0.0,
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        grad_clip: float | None = 1.0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
         init_head_prior: bool = True,
         num_examples: int = 3,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = ExpressionNet(
-            hidden=hidden, heads=heads, encoder_layers=encoder_layers,
-            token_layers=token_layers, pool_threshold=pool_threshold, pool_tau=pool_tau,
-            pool_proj_channels=pool_proj_channels, edge_hidden=edge_hidden,
-            max_distance=max_distance, keep_bias=keep_bias, edge_bias=edge_bias,
-            dropout=dropout,
-        )
+        self._save_hparams()
+        self.model = ExpressionNet() if model is None else model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.examples: list[tuple[str, str, str]] = []
 
     def forward(self, inputs: Batch) -> Batch:
@@ -157,11 +150,8 @@ class ExpressionModule(L.LightningModule):
         return total, pred, inputs, targets
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if (stage == "fit" and self.hparams.init_head_prior and datamodule is not None
-                and self.global_step == 0 and not self.trainer.ckpt_path):
-            labels = torch.cat([pair.x_t for pair in datamodule._dataset("train")])
-            self.model.head.init_output_prior(labels)
+        if stage == "fit" and self.hparams.init_head_prior:
+            self.init_head_prior()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
@@ -211,17 +201,6 @@ class ExpressionModule(L.LightningModule):
         pred = self.model(inputs)
         return [tree_to_polish(node_labels(c), e) if c.numel() else ""
                 for c, e in hard_graphs(pred)]
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        if gradient_clip_val is None and self.hparams.grad_clip:
-            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
 
 
 class ExpressionDataModule(L.LightningDataModule):

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Sequence
+from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import grad_norm
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 from torchmetrics.text import CharErrorRate
 
 from pyg_grapheme.data.graphemes import GRAPHEME_WIDTH, graphs_to_texts
 from pyg_grapheme.data.pair import split_pair_batch
-from pyg_grapheme.loss import segmentation_nll, structural_loss
+from pyg_grapheme.loss import StructuralLoss, segmentation_nll
 from pyg_grapheme.nn.head import one_hot_bytes
 from pyg_grapheme.nn.transform_net import GraphTransformNet, decode_graphs
+from pyg_grapheme.training.base import InjectedModule, class_path
+
+#: The plan of the aligned cross-entropy when no structural loss is trained.
+_PLAN_ONLY = StructuralLoss(alpha=0.0, beta=0.0, gamma=0.0)
 
 
 def aligned_cross_entropy(pred: Batch, targets: Batch, plan_cross_entropy) -> Tensor:
@@ -50,15 +53,14 @@ def aligned_cross_entropy(pred: Batch, targets: Batch, plan_cross_entropy) -> Te
     return total / max(num_graphs, 1)
 
 
-class GraphemeModule(L.LightningModule):
-    r"""Train :class:`~pyg_grapheme.nn.GraphTransformNet` on (input, target) text pairs.
+class GraphemeModule(InjectedModule):
+    r"""Train a :class:`~pyg_grapheme.nn.GraphTransformNet` on (input, target) text pairs.
 
     The training loss is a weighted sum of
 
     .. math::
         \mathcal{L} = \lambda_{seg}\, \mathrm{segmentation\_nll}
-        + \mathrm{structural\_loss}_{\alpha,\beta,\gamma}(f_\theta(G_{in}),
-            \mathrm{onehot}(G_{tgt}))
+        + \mathrm{loss}(f_\theta(G_{in}), \mathrm{onehot}(G_{tgt}))
         + \lambda_{ce}\, \mathrm{CE}_{\text{aligned}}
         - \lambda_{b}\, \overline{\log P(m)}
 
@@ -66,95 +68,83 @@ class GraphemeModule(L.LightningModule):
       negative log-likelihood of the target chain summed over every way the pool can
       segment the model's canvas (a forward algorithm). It trains the byte head, the
       features and the pool's threshold with exact gradients and needs no target count.
-    - :func:`~pyg_grapheme.loss.structural_loss` on the pooled answer graph (off by
-      default: ``alpha = beta = gamma = 0``; see the README's ablation for what it
-      buys): the optimal-transport graph edit distance surrogate; without forcing, its
-      count gradient reaches the threshold through the pool's expected-count estimator.
+    - ``loss``, a :class:`~pyg_grapheme.loss.StructuralLoss` on the pooled answer graph
+      (off by default; see docs/training.md for what it buys): the optimal-transport
+      graph edit distance surrogate; without forcing, its count gradient reaches the
+      threshold through the pool's expected-count estimator.
     - **Segmentation forcing** (``segment_forcing=True``, training only): the pool is
       told each answer's grapheme count and cuts where its own merge logits are lowest;
       :math:`-\overline{\log P(m)}` of those cuts (``boundary_weight``) trains the
       threshold. Validation, test and prediction always threshold.
     - :math:`\mathrm{CE}_{\text{aligned}}` (``ce_weight``): the byte head's
       cross-entropy, node :math:`i` against grapheme :math:`i` where the lengths agree,
-      the structural loss's plan elsewhere.
+      the structural plan elsewhere (``loss``'s, or a node-free one when ``loss`` is off).
+
+    The network, the structural loss, the optimizer and the scheduler are injected, as
+    LightningCLI does from a YAML (``class_path`` / ``init_args``)::
+
+        GraphemeModule(model=GraphTransformNet(hidden=64),
+                       optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+
+    Gradient clipping is the ``Trainer``'s (``gradient_clip_val``; the shipped configs
+    clip the 2-norm at 0.25: on kindergarten the loss fell in 93 of the first 99 epochs
+    with 0.25, 89 with 0.5, 88 without clipping). Checkpoints keep ``class_path``
+    configs, so :meth:`load_from_checkpoint` rebuilds the network; a network built in
+    Python has none and must be passed again (``model=...``). Checkpoints with the old
+    flat hyperparameters (``hidden``, ``block``, ``lr``, ...) are translated.
 
     Args:
-        hidden, heads, encoder_layers, decoder_layers, max_answer_length, ff_mult,
-            pool_threshold, pool_tau, pool_proj_channels, dropout, max_input_length, block,
-            message_gate:
-            :class:`GraphTransformNet`.
+        model: the network (default :class:`~pyg_grapheme.nn.GraphTransformNet` ``()``).
+        loss: the structural loss module (``loss(pred, target, return_components=True)
+            -> (value, parts)``); ``None``: off.
         segmentation_weight: weight of :func:`~pyg_grapheme.loss.segmentation_nll`.
-        alpha, beta, gamma, reg: :func:`~pyg_grapheme.loss.structural_loss` weights and
-            entropic regularisation (the term is skipped when all weights are 0).
         ce_weight: weight of the aligned cross-entropy.
         segment_forcing: force the target's node count in training (see above).
         boundary_weight: weight of the forced decisions' negative log-likelihood.
-        lr, betas, weight_decay: Adam.
-        grad_clip: clip the gradient's total 2-norm to this (``None``: off), unless the
-            ``Trainer`` sets ``gradient_clip_val``, which wins. Measured on kindergarten
-            (full batch, seed 0, a Lightning-free copy of the loop), the loss fell in
-            93 of the first 99 epochs with 0.25 and Adam's default betas, in 89 with 0.5,
-            86 with 1.0 and betas (0.9, 0.98), 88 without clipping.
-        warmup_epochs: linear warm-up of the learning rate (0: none).
-        cosine: cosine decay to ``lr * min_lr_ratio`` over ``max_epochs`` after warm-up.
+        optimizer: ``parameters -> Optimizer`` (default Adam, lr 1e-3).
+        lr_scheduler: ``optimizer -> LRScheduler``, stepped every epoch (``None``: none).
         init_head_prior: before training from scratch, set the byte head's output bias
             to the training answers' byte frequencies
             (:meth:`~pyg_grapheme.nn.ByteHead.init_output_prior`).
         num_examples: decoded examples logged per validation epoch.
     """
 
+    network = GraphTransformNet
+    flat_dropped = ("grad_clip", "warmup_epochs", "cosine", "min_lr_ratio")
+
     def __init__(
         self,
-        hidden: int = 128,
-        heads: int = 4,
-        encoder_layers: int = 2,
-        decoder_layers: int = 2,
-        max_answer_length: int = 32,
-        ff_mult: int = 2,
-        pool_threshold: float = 0.5,
-        pool_tau: float = 1.0,
-        pool_proj_channels: int | None = 32,
-        dropout: float = 0.0,
-        max_input_length: int = 4096,
-        block: str = "gps",
-        message_gate: float = 0.0,
+        model: nn.Module | None = None,
+        loss: nn.Module | None = None,
         segmentation_weight: float = 1.0,
-        alpha: float = 0.0,
-        beta: float = 0.0,
-        gamma: float = 0.0,
-        reg: float = 0.05,
         ce_weight: float = 0.0,
         segment_forcing: bool = False,
         boundary_weight: float = 1.0,
-        lr: float = 1e-3,
-        betas: Sequence[float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        grad_clip: float | None = 0.25,
-        warmup_epochs: int = 0,
-        cosine: bool = False,
-        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
         init_head_prior: bool = True,
         num_examples: int = 4,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = GraphTransformNet(
-            hidden=hidden,
-            heads=heads,
-            encoder_layers=encoder_layers,
-            decoder_layers=decoder_layers,
-            max_answer_length=max_answer_length,
-            ff_mult=ff_mult,
-            pool_threshold=pool_threshold,
-            pool_tau=pool_tau,
-            pool_proj_channels=pool_proj_channels,
-            dropout=dropout,
-            max_input_length=max_input_length,
-            block=block,
-            message_gate=message_gate,
-        )
+        self._save_hparams()
+        self.model = GraphTransformNet() if model is None else model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
         self.val_cer = CharErrorRate()
         self.examples: list[tuple[str, str, str]] = []
+
+    @classmethod
+    def _upgrade_flat(cls, flat: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+        weights = {k: hparams.pop(k) for k in ("alpha", "beta", "gamma", "reg") if k in hparams}
+        if max(weights.get(k, 0.0) for k in ("alpha", "beta", "gamma")) > 0:
+            hparams["loss"] = {"class_path": class_path(StructuralLoss), "init_args": weights}
+        if flat.get("warmup_epochs") or flat.get("cosine"):
+            warnings.warn(
+                "the checkpoint's warm-up/cosine schedule (warmup_epochs, cosine) is not "
+                "carried over: pass lr_scheduler (e.g. torch.optim.lr_scheduler.LinearLR "
+                "or CosineAnnealingLR)", UserWarning, stacklevel=3)
+        return hparams
 
     def forward(self, inputs):
         return self.model(inputs)
@@ -176,16 +166,16 @@ class GraphemeModule(L.LightningModule):
             self.log(f"{stage}_segmentation_nll", seg, **log)
             total = total + hp.segmentation_weight * seg
         parts = None
-        if max(hp.alpha, hp.beta, hp.gamma) > 0 or hp.ce_weight > 0:
-            loss, parts = structural_loss(
-                pred, one_hot_bytes(targets), alpha=hp.alpha, beta=hp.beta, gamma=hp.gamma,
-                reg=hp.reg, reduction="mean", return_components=True,
-            )
-            if max(hp.alpha, hp.beta, hp.gamma) > 0:
+        if self.loss is not None or hp.ce_weight > 0:
+            # without a structural loss, the cross-entropy's plan comes from a zero-weight one
+            loss_fn = self.loss if self.loss is not None else _PLAN_ONLY
+            loss, parts = loss_fn(pred, one_hot_bytes(targets), return_components=True)
+            if self.loss is not None:
                 total = total + loss
                 self.log(f"{stage}_structural_loss", loss, **log)
                 for name in ("node", "edge", "clique"):
-                    self.log(f"{stage}_{name}", parts[name].mean(), **log)
+                    if name in parts:
+                        self.log(f"{stage}_{name}", parts[name].mean(), **log)
         if hp.ce_weight > 0:
             ce = aligned_cross_entropy(pred, targets, parts["plan_cross_entropy"])
             self.log(f"{stage}_cross_entropy", ce, **log)
@@ -212,14 +202,15 @@ class GraphemeModule(L.LightningModule):
         # (``block``) loaded as the other gets the fix named, not a list of missing keys.
         keys = checkpoint.get("state_dict", {})
         forms = {"gps": "model.enc.0.conv.", "pre_ln": "model.enc.0.local."}
+        built = getattr(self.model, "block", None)
         layers = next((f for f, p in forms.items() if any(k.startswith(p) for k in keys)),
-                      self.hparams.block)  # no encoder layers: nothing to tell apart
-        if layers != self.hparams.block:
+                      built)  # no encoder layers: nothing to tell apart
+        if built is not None and layers != built:
             raise ValueError(
                 f"this checkpoint holds block={layers!r} layers but the model was built "
-                f"with block={self.hparams.block!r}; load it with block={layers!r} "
-                f"(e.g. GraphemeModule.load_from_checkpoint(path, block={layers!r}) or "
-                f"--model.block {layers})"
+                f"with block={built!r}; load it with block={layers!r} (e.g. "
+                f"GraphemeModule.load_from_checkpoint(path, model=GraphTransformNet("
+                f"block={layers!r}, ...)) or --model.model.block {layers})"
             )
 
     def setup(self, stage: str) -> None:
@@ -231,13 +222,8 @@ class GraphemeModule(L.LightningModule):
             dataset = datamodule._dataset(split)
             if dataset is not None:
                 check_answer_lengths(dataset, self.model.max_answer_length, split)
-        if self.hparams.init_head_prior and self.global_step == 0 and not self.trainer.ckpt_path:
-            train = datamodule._dataset("train")
-            targets = getattr(train, "_data", None)
-            targets = targets.x_t if targets is not None and train._indices is None else None
-            if targets is None:
-                targets = torch.cat([d.x_t for d in train])
-            self.model.head.init_output_prior(targets)
+        if self.hparams.init_head_prior:
+            self.init_head_prior()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch, "train")
@@ -285,33 +271,6 @@ class GraphemeModule(L.LightningModule):
             self.log("grad_norm", norms["grad_2.0_norm_total"], on_step=False, on_epoch=True,
                      batch_size=1)
 
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ) -> None:
-        if gradient_clip_val is None and self.hparams.grad_clip:
-            gradient_clip_val, gradient_clip_algorithm = self.hparams.grad_clip, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.Adam(
-            self.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay
-        )
-        if not hp.warmup_epochs and not hp.cosine:
-            return opt
-        max_epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer else 1
-
-        def factor(epoch: int) -> float:
-            if epoch < hp.warmup_epochs:
-                return (epoch + 1) / hp.warmup_epochs
-            if not hp.cosine:
-                return 1.0
-            t = (epoch - hp.warmup_epochs) / max(max_epochs - hp.warmup_epochs, 1)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
 
 def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:
     """Raise a ``ValueError`` naming the pairs of ``dataset`` whose target the model cannot
@@ -329,7 +288,7 @@ def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     raise ValueError(
         f"{len(bad)} {split} pair(s) cannot be produced: answers must have 1 to {cap} "
-        f"graphemes (max_answer_length); {shown}{more}. Raise --model.max_answer_length "
+        f"graphemes (max_answer_length); {shown}{more}. Raise --model.model.max_answer_length "
         "or drop those pairs"
     )
 

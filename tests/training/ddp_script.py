@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from pyg_grapheme.data import graphs_to_texts, split_pair_batch
+from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
 
 
@@ -30,9 +31,9 @@ def main(out: Path, accelerator: str) -> None:
     trainer = L.Trainer(
         accelerator=accelerator, devices=2, strategy="ddp", max_epochs=2, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[record], limit_val_batches=0, default_root_dir=out,
+        callbacks=[record], limit_val_batches=0, default_root_dir=out, gradient_clip_val=0.25,
     )
-    module = GraphemeModule(hidden=32, heads=2)
+    module = GraphemeModule(GraphTransformNet(hidden=32, heads=2))
     data = GraphemeDataModule("kindergarten", batch_size=8, root=str(out / "cache"))
     trainer.fit(module, datamodule=data)
     params = torch.cat([p.detach().flatten().cpu() for p in module.parameters()])

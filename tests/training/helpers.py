@@ -9,14 +9,17 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
 
 
 def train(tmp: Path, epochs: int, *, seed: int = 0, ckpt_path=None, val_every: int = 1,
-          version: int = 0,
+          version: int = 0, net_kwargs=None,
           module_kwargs=None, data_kwargs=None, callbacks=(), **trainer_kwargs):
+    """Fit ``GraphemeModule(GraphTransformNet(**net_kwargs), **module_kwargs)`` with the
+    shipped configs' clipping (0.25)."""
     L.seed_everything(seed, workers=True)
-    module = GraphemeModule(**(module_kwargs or {}))
+    module = GraphemeModule(GraphTransformNet(**(net_kwargs or {})), **(module_kwargs or {}))
     data = GraphemeDataModule(
         **{"train_file": "kindergarten", "batch_size": 128, "root": str(tmp / "cache"),
            "shuffle": False, **(data_kwargs or {})}
@@ -30,7 +33,7 @@ def train(tmp: Path, epochs: int, *, seed: int = 0, ckpt_path=None, val_every: i
         logger=CSVLogger(tmp, name="logs", version=version), callbacks=[best, last, *callbacks],
         enable_progress_bar=False, enable_model_summary=False,
         check_val_every_n_epoch=val_every, num_sanity_val_steps=0, default_root_dir=tmp,
-        **trainer_kwargs,
+        **{"gradient_clip_val": 0.25, **trainer_kwargs},
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer, module

@@ -8,7 +8,7 @@ from torch_geometric.data import Batch
 from pyg_grapheme import text_to_graph
 from pyg_grapheme.data.pair import PairData
 from pyg_grapheme.loss import structural_loss
-from pyg_grapheme.nn import one_hot_bytes
+from pyg_grapheme.nn import GraphTransformNet, one_hot_bytes
 from pyg_grapheme.training import GraphemeModule
 from pyg_grapheme.training.module import aligned_cross_entropy
 
@@ -31,7 +31,7 @@ def graphs(texts):
 
 def test_equal_lengths_align_in_reading_order_and_others_use_the_plan():
     torch.manual_seed(0)
-    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8)
+    module = GraphemeModule(GraphTransformNet(hidden=16, heads=2, max_answer_length=8))
     inputs, targets = graphs(QUESTIONS), graphs(ANSWERS)
     pred = module.model(inputs, num_out=torch.tensor([4, 1, 2]))
     counts = torch.bincount(pred.batch, minlength=3).tolist()
@@ -51,8 +51,9 @@ def test_equal_lengths_align_in_reading_order_and_others_use_the_plan():
 
 def test_training_step_forces_the_target_count_and_validation_does_not():
     torch.manual_seed(0)
-    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8, pool_threshold=0.9999,
-                            segment_forcing=True, ce_weight=1.0)  # merges nothing unforced
+    # pool_threshold 0.9999: merges nothing unforced
+    net = GraphTransformNet(hidden=16, heads=2, max_answer_length=8, pool_threshold=0.9999)
+    module = GraphemeModule(net, segment_forcing=True, ce_weight=1.0)
     batch = pair_batch()
     _, pred, targets = module._step(batch, "train")
     counts = torch.bincount(pred.batch, minlength=3)
@@ -77,7 +78,7 @@ def test_data_the_model_cannot_produce_is_refused_before_training(tmp_path):
         check_answer_lengths(data, 4, "val")
 
 
-def test_gradients_are_clipped_by_default(tmp_path):
+def test_gradients_are_clipped_by_the_trainer(tmp_path):
     import lightning as L
 
     from pyg_grapheme.training import GraphemeDataModule
@@ -96,13 +97,13 @@ def test_gradients_are_clipped_by_default(tmp_path):
         return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
 
     L.seed_everything(0)
-    module = GraphemeModule(hidden=16, heads=2, max_answer_length=8, grad_clip=0.5)
+    module = GraphemeModule(GraphTransformNet(hidden=16, heads=2, max_answer_length=8))
     data = GraphemeDataModule(train_file="kindergarten", batch_size=128,
                               root=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path, callbacks=[After()])
+                        default_root_dir=tmp_path, callbacks=[After()], gradient_clip_val=0.5)
     trainer.fit(module, datamodule=data)
     assert norms["before"] > 0.5
     assert norms["after"] == pytest.approx(0.5, rel=1e-4)
@@ -128,7 +129,8 @@ def test_bf16_mixed_precision_trains_with_finite_losses(tmp_path):
     from pyg_grapheme.training import GraphemeDataModule
 
     L.seed_everything(0)
-    module = GraphemeModule(hidden=16, heads=2, max_answer_length=16, num_examples=0)
+    module = GraphemeModule(GraphTransformNet(hidden=16, heads=2, max_answer_length=16),
+                            num_examples=0)
     data = GraphemeDataModule(train_file="kindergarten", batch_size=32,
                               root=str(tmp_path / "cache"))
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", precision="bf16-mixed",

@@ -31,7 +31,7 @@ def fitted(tmp_path_factory):
     rc, out, err = cli("fit", "--config", ROOT / "experiments" / "kindergarten.yaml",
                        "--trainer.max_epochs", 3, "--trainer.check_val_every_n_epoch", 1,
                        "--trainer.default_root_dir", "out", "--data.root", "cache",
-                       "--model.hidden", 32, "--model.heads", 2, cwd=tmp)
+                       "--model.model.hidden", 32, "--model.model.heads", 2, cwd=tmp)
     assert rc == 0, err[-3000:]
     return tmp / "out", out
 
@@ -59,6 +59,44 @@ def test_default_root_dir_holds_everything(fitted):
                  "checkpoints/last.ckpt"):
         assert (version / name).is_file(), name
     assert {p.parent for p in root.rglob("*.ckpt")} == {version / "checkpoints"}
+
+
+def test_cli_checkpoint_loads_its_injected_network(fitted):
+    """LightningCLI records the injected model/optimizer as class_path configs, and
+    ``load_from_checkpoint`` rebuilds them (weights_only)."""
+    from pyg_grapheme.nn import GraphTransformNet
+    from pyg_grapheme.training import GraphemeModule
+
+    root, _ = fitted
+    ckpt_path = next(root.rglob("last.ckpt"))
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert hparams["model"]["class_path"] == "pyg_grapheme.nn.GraphTransformNet"
+    assert hparams["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert "grad_clip" not in hparams and "hidden" not in hparams
+    module = GraphemeModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    assert isinstance(module.model, GraphTransformNet) and module.model.hidden == 32
+    for key, value in ckpt["state_dict"].items():
+        assert torch.equal(module.state_dict()[key], value), key
+    assert module.configure_optimizers().defaults["lr"] == 0.001
+
+
+def test_loggers_csv_always_tensorboard_when_installed(tmp_path, monkeypatch):
+    """CSV (what the plots and tests read) always; TensorBoard beside it, in the same
+    version folder, when tensorboard or tensorboardX is importable."""
+    import lightning.fabric.loggers.tensorboard as tb
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from pyg_grapheme.training.cli import default_loggers
+
+    monkeypatch.setattr(tb, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(tb, "_TENSORBOARDX_AVAILABLE", False)
+    (csv,) = default_loggers(tmp_path)
+    assert isinstance(csv, CSVLogger) and Path(csv.log_dir) == tmp_path / "logs" / "version_0"
+    monkeypatch.setattr(tb, "_TENSORBOARD_AVAILABLE", True)
+    csv, board = default_loggers(tmp_path)
+    assert isinstance(csv, CSVLogger) and isinstance(board, TensorBoardLogger)
+    assert Path(board.log_dir) == Path(csv.log_dir)
 
 
 def test_predict_prints_answers(fitted):
@@ -134,8 +172,9 @@ def test_resume_refuses_an_architecture_change(fitted, tmp_path, capsys):
     root, _ = fitted
     ckpt = next(root.rglob("last.ckpt"))
     # The YAML's hidden 128 is a model argument too: the checkpoint has 32.
-    for args in ([], ["--model.hidden", 32, "--model.heads", 4], ["--model.hidden", 32,
-                 "--model.heads", 2, "--model.lr", 0.01]):
+    for args in ([], ["--model.model.hidden", 32, "--model.model.heads", 4],
+                 ["--model.model.hidden", 32, "--model.model.heads", 2,
+                  "--model.optimizer.lr", 0.01]):
         rc, _, err = run_main(*small_fit(tmp_path, "--ckpt_path", ckpt,
                                          "--trainer.max_epochs", 4, *args), capsys=capsys)
         assert rc == 2 and err.startswith("error: --model.") and "checkpoint" in err, err
@@ -147,14 +186,14 @@ def test_resume_applies_other_model_arguments_with_a_warning(fitted, tmp_path, c
     root, _ = fitted
     ckpt = next(root.rglob("last.ckpt"))
     rc, _, err = run_main(*small_fit(tmp_path, "--ckpt_path", ckpt, "--trainer.max_epochs", 4,
-                                     "--model.hidden", 32, "--model.ce_weight", 2),
+                                     "--model.model.hidden", 32, "--model.ce_weight", 2),
                           capsys=capsys)
     assert rc == 0, err[-2000:]
     assert "warning: --model.ce_weight 2" in err and "0.0" in err
     resumed = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
     assert resumed["epoch"] == 3
     assert resumed["hyper_parameters"]["ce_weight"] == 2
-    assert resumed["hyper_parameters"]["heads"] == 2  # the checkpoint's: not given
+    assert resumed["hyper_parameters"]["model"]["init_args"]["heads"] == 2  # not given
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "train_cross_entropy" in metrics.splitlines()[0]
 
@@ -200,7 +239,9 @@ def test_escape_control_characters():
 def test_evaluation_without_a_checkpoint_is_refused(tmp_path, capsys, command):
     args = [command, "--data.predict_texts", '["hi"]', "--data.test_file", "kindergarten",
             "--trainer.default_root_dir", tmp_path, "--data.root", tmp_path / "cache",
-            "--model.hidden", 16, "--model.heads", 2]
+            # without a config the network is None (the default): name it, then its args
+            "--model.model", "GraphTransformNet", "--model.model.hidden", 16,
+            "--model.model.heads", 2]
     rc, out, err = run_main(*args, capsys=capsys)
     assert rc == 2 and "error: " + command + " needs a trained model" in err, err[-2000:]
     if command == "predict":
@@ -216,8 +257,9 @@ def test_signal_during_fit_saves_last_and_exits_nonzero(tmp_path, sig, status, m
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "pyg_grapheme", "fit", "--config",
            str(ROOT / "experiments" / "kindergarten.yaml"), "--trainer.max_epochs", "100000",
-           "--trainer.default_root_dir", "out", "--data.root", "cache", "--model.hidden", "16",
-           "--model.heads", "2", "--trainer.enable_progress_bar", "false"]
+           "--trainer.default_root_dir", "out", "--data.root", "cache",
+           "--model.model.hidden", "16", "--model.model.heads", "2",
+           "--trainer.enable_progress_bar", "false"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -321,8 +363,8 @@ def test_full_disk_while_saving_is_one_line_and_debug_shows_the_traceback(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
-    args = small_fit(tmp_path, "--trainer.max_epochs", 1, "--model.hidden", 16,
-                     "--model.heads", 2)
+    args = small_fit(tmp_path, "--trainer.max_epochs", 1, "--model.model.hidden", 16,
+                     "--model.model.heads", 2)
     rc, _, err = run_main(*args, capsys=capsys)
     assert rc == 2 and "error: no space left on device while writing" in err, err[-2000:]
     assert "Traceback" not in err
@@ -345,9 +387,36 @@ def test_diverged_training_is_one_line_and_keeps_the_last_finite_checkpoint(
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(GraphemeModule, "training_step", diverging)
-    rc, _, err = run_main(*small_fit(tmp_path, "--trainer.max_epochs", 3, "--model.hidden", 16,
-                                     "--model.heads", 2), capsys=capsys)
+    rc, _, err = run_main(*small_fit(tmp_path, "--trainer.max_epochs", 3,
+                                     "--model.model.hidden", 16, "--model.model.heads", 2),
+                          capsys=capsys)
     assert rc == 2 and "error: train loss is not finite (nan): training diverged" in err
     assert "Traceback" not in err
     last = next(tmp_path.rglob("last.ckpt"))
     assert torch.load(last, weights_only=True)["epoch"] == 0
+
+
+def test_old_flat_checkpoint_through_the_cli(tmp_path, capsys):
+    """``--ckpt_path`` with a checkpoint of the old flat hyperparameters (hidden, lr, ...):
+    translated to the network/optimizer configs, so predict answers with its network."""
+    import lightning as L
+
+    from pyg_grapheme.nn import GraphTransformNet
+    from pyg_grapheme.training import GraphemeModule
+
+    small = {"hidden": 16, "heads": 2, "max_answer_length": 16}
+    old = GraphemeModule(GraphTransformNet(**small))
+    flat = {**small, "lr": 0.01, "betas": (0.9, 0.98), "grad_clip": 0.25, "alpha": 0.0,
+            "beta": 0.0, "gamma": 0.0, "reg": 0.05, "ce_weight": 0.0}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": flat,
+                "pytorch-lightning_version": L.__version__}, path)
+    old.eval()
+    want = old.model.generate(["hi"])
+    rc, out, err = run_main("predict", "--ckpt_path", path, "--data.predict_texts", '["hi"]',
+                            "--trainer.default_root_dir", tmp_path, "--data.root",
+                            tmp_path / "cache", capsys=capsys)
+    assert rc == 0, err[-2000:]
+    from pyg_grapheme.training.cli import escape
+
+    assert out.splitlines() == [f"hi\t{escape(want[0])}"]

@@ -80,7 +80,7 @@ def test_expression_config_trains_through_the_cli(tmp_path):
                      "--trainer.max_epochs", 2, "--trainer.limit_train_batches", 3,
                      "--trainer.limit_val_batches", 2, "--trainer.enable_progress_bar", "false",
                      "--data.batch_size", 8, "--data.sizes", "{1: [24, 8, 8], 2: [24, 8, 8]}",
-                     "--model.hidden", 16, "--model.heads", 2,
+                     "--model.model.hidden", 16, "--model.model.heads", 2,
                      cwd=tmp_path)
     assert rc == 0, err[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # default_root_dir decides

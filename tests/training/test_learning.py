@@ -21,11 +21,13 @@ CHECK = 100  # the acceptance criteria are stated at epoch 100
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("learn")
     torch.manual_seed(0)
+    from pyg_grapheme.nn import GraphTransformNet
     from pyg_grapheme.training import GraphemeModule
 
     kwargs = {"max_answer_length": 16}
-    initial = {k: v.clone() for k, v in GraphemeModule(**kwargs).state_dict().items()}
-    trainer, module = train(tmp, EPOCHS, val_every=10, module_kwargs=kwargs)
+    initial = {k: v.clone()
+               for k, v in GraphemeModule(GraphTransformNet(**kwargs)).state_dict().items()}
+    trainer, module = train(tmp, EPOCHS, val_every=10, net_kwargs=kwargs)
     return tmp, trainer, module, initial, epoch_metrics(tmp / "logs" / "version_0")
 
 
