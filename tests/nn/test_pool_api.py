@@ -199,15 +199,15 @@ def compiled_matches_eager(backend: str, kwargs: dict, call: dict) -> None:
         assert torch.equal(getattr(out1, name), getattr(out2, name)), name
     for name in ("merge_prob", "log_prob", "node_weight", "edge_weight"):
         torch.testing.assert_close(getattr(out1, name), getattr(out2, name))
-    params = [p for p in pool.parameters()]
+    params = list(pool.parameters())
     grads = []
     for x, out in ((x1, out1), (x2, out2)):
         w = torch.linspace(0.5, 2.0, out.node_weight.numel())
         loss = (out.x.pow(2).sum() + (out.node_weight * w).sum() + out.edge_weight.sum()
                 + out.log_prob.sum())
         grads.append(torch.autograd.grad(loss, [x, *params]))
-    for a, c in zip(*grads, strict=True):
-        torch.testing.assert_close(a, c)
+    for a, c in zip(*grads, strict=True):  # float32: inductor's fused kernels reassociate
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
 
 
 def test_compile_aot_eager_matches_eager():

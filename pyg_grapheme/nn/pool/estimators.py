@@ -42,13 +42,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pyg_grapheme.nn.pool.quotient import Quotient
+
 ESTIMATOR = ("counts", "score")
 
 
-def bridge_weights(kept: Tensor, q, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def bridge_weights(kept: Tensor, q: Quotient, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     r""":math:`\kappa_e` and :math:`\lambda_e` (module docstring) of every input edge,
-    each :obj:`[E]`, at the hard partition :obj:`q`
-    (a :class:`~pyg_grapheme.nn.pool.quotient.Quotient`)."""
+    each :obj:`[E]`, at the hard partition :obj:`q`."""
     cu, num_clusters, coarse_edge_index = q.cu, q.num_clusters, q.edge_index
     size = q.size.to(dtype)
     num_kept = torch.bincount(cu, weights=kept.to(dtype), minlength=num_clusters).to(dtype)

@@ -328,7 +328,7 @@ class ThresholdMergePool(torch.nn.Module):
         r"""The gate :math:`\mathbf{a}` of :obj:`aggr="attention"` (else :obj:`None`)."""
         return self.aggr_module.gate_nn if self.aggr == "attention" else None
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         r"""Resets all learnable parameters of the module."""
         with torch.no_grad():
             if self.score_norm == "graph":  # theta in standard deviations: a quantile
