@@ -5,7 +5,7 @@ from pyg_grapheme.nn.components import connected_components
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, one_hot_bytes
-from pyg_grapheme.nn.merge_pool import PoolOutput, ThresholdMergePool, UnpoolInfo
+from pyg_grapheme.nn.pool import PoolOutput, ThresholdMergePool, UnpoolInfo
 from pyg_grapheme.nn.transform_net import GraphTransformNet, decode_graphs
 
 __all__ = [

@@ -10,7 +10,7 @@ from pyg_grapheme.nn.blocks import gps_layer, reading_order
 from pyg_grapheme.nn.edge_head import EdgeHead, all_pairs
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.head import ByteHead
-from pyg_grapheme.nn.merge_pool import ThresholdMergePool
+from pyg_grapheme.nn.pool import ThresholdMergePool
 
 __all__ = ["ExpressionNet", "hard_graphs"]
 

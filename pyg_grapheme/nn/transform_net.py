@@ -21,7 +21,7 @@ from pyg_grapheme.nn.blocks import (
 from pyg_grapheme.nn.dag_conv import DAGConv
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
-from pyg_grapheme.nn.merge_pool import ThresholdMergePool
+from pyg_grapheme.nn.pool import ThresholdMergePool
 
 
 class GraphTransformNet(nn.Module):

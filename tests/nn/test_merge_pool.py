@@ -19,14 +19,9 @@ from torch_geometric.nn import GCNConv, Sequential, global_mean_pool
 from torch_geometric.utils import coalesce, remove_self_loops, scatter, to_undirected
 
 from pyg_grapheme.nn import PoolOutput, ThresholdMergePool
-from pyg_grapheme.nn.merge_pool import (
-    coarsen_edges,
-    edge_similarity,
-    expected_edge_share,
-    expected_node_share,
-    forced_merges,
-)
+from pyg_grapheme.nn.merge_pool import coarsen_edges, edge_similarity, forced_merges
 from tests.conftest import DEVICES
+from tests.nn.pool_reference import expected_edge_share, expected_node_share
 
 # ---------------------------------------------------------------------------------------
 # helpers

@@ -164,31 +164,64 @@ def test_merge_logits_without_batch_is_one_graph():
                                pool.merge_logits(b.x, b.edge_index, b.batch))
 
 
-def test_compile_one_graph_break_fast():
-    """The partition step (data-dependent shapes) is the only graph break; fast check
-    with dynamo's explain (no codegen). The inductor run is the slow test below."""
+COMPILE_CASES = [  # (layer kwargs, forward kwargs): the paths of the forward
+    ({}, {}),
+    (dict(score_norm="none", aggr="attention", proj_channels=4, edge_reduce="sum"),
+     dict(edge_weight=torch.rand(144, 2))),  # [E, D] edge features
+    ({}, dict(num_clusters=torch.tensor([3, 5, 2]))),  # forced merges: the training path
+]
+
+
+@pytest.mark.parametrize(("kwargs", "call"), COMPILE_CASES)
+def test_compile_one_graph_break_fast(kwargs, call):
+    """The partition step (data-dependent shapes) is the only graph break on every path;
+    fast check with dynamo's explain (no codegen). Scoring, forced merges, the
+    aggregation and the estimator's autograd node all trace."""
     torch._dynamo.reset()
-    b = grid_batch()
-    explain = torch._dynamo.explain(ThresholdMergePool(6))(b.x, b.edge_index, b.batch)
-    assert explain.graph_break_count == 1
+    b = grid_batch(3, side=4)
+    explain = torch._dynamo.explain(ThresholdMergePool(6, **kwargs))(
+        b.x.clone().requires_grad_(), b.edge_index, b.batch, **call)
+    assert explain.graph_break_count == 1, [r.reason for r in explain.break_reasons]
+    assert "compiler.disable" in str(explain.break_reasons[0].reason)
+
+
+def compiled_matches_eager(backend: str, kwargs: dict, call: dict) -> None:
+    torch._dynamo.reset()
+    b = grid_batch(3, side=4)
+    torch.manual_seed(0)
+    pool = ThresholdMergePool(6, **kwargs)
+    compiled = torch.compile(pool, backend=backend)
+    x1, x2 = b.x.clone().requires_grad_(), b.x.clone().requires_grad_()
+    out1, out2 = pool(x1, b.edge_index, b.batch, **call), compiled(x2, b.edge_index, b.batch,
+                                                                    **call)
+    torch.testing.assert_close(out1.x, out2.x)
+    for name in ("edge_index", "batch", "cluster", "merged"):
+        assert torch.equal(getattr(out1, name), getattr(out2, name)), name
+    for name in ("merge_prob", "log_prob", "node_weight", "edge_weight"):
+        torch.testing.assert_close(getattr(out1, name), getattr(out2, name))
+    params = list(pool.parameters())
+    grads = []
+    for x, out in ((x1, out1), (x2, out2)):
+        w = torch.linspace(0.5, 2.0, out.node_weight.numel())
+        loss = (out.x.pow(2).sum() + (out.node_weight * w).sum() + out.edge_weight.sum()
+                + out.log_prob.sum())
+        grads.append(torch.autograd.grad(loss, [x, *params]))
+    for a, c in zip(*grads, strict=True):  # float32: inductor's fused kernels reassociate
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_aot_eager_matches_eager():
+    """AOT autograd traces forward and backward (the custom cosine and expected-count
+    nodes included) as inductor would, without its codegen: seconds, not minutes.
+    Default layer and the forced-count path that GraphTransformNet trains with."""
+    compiled_matches_eager("aot_eager", dict(proj_channels=4), {})
+    compiled_matches_eager("aot_eager", {}, dict(num_clusters=torch.tensor([3, 5, 2])))
 
 
 @pytest.mark.slow
-def test_compile_inductor_matches_eager():
-    torch._dynamo.reset()
-    b = grid_batch()
-    pool = ThresholdMergePool(6)
-    compiled = torch.compile(pool, backend="inductor")
-    x1 = b.x.clone().requires_grad_()
-    x2 = b.x.clone().requires_grad_()
-    out1, out2 = pool(x1, b.edge_index, b.batch), compiled(x2, b.edge_index, b.batch)
-    torch.testing.assert_close(out1.x, out2.x)
-    assert torch.equal(out1.edge_index, out2.edge_index)
-    assert torch.equal(out1.cluster, out2.cluster)
-    torch.testing.assert_close(out1.merge_prob, out2.merge_prob)
-    (out1.x.sum() + out1.node_weight.sum() + out1.edge_weight.sum()).backward()
-    (out2.x.sum() + out2.node_weight.sum() + out2.edge_weight.sum()).backward()
-    torch.testing.assert_close(x1.grad, x2.grad)
+@pytest.mark.parametrize(("kwargs", "call"), COMPILE_CASES)
+def test_compile_inductor_matches_eager(kwargs, call):
+    compiled_matches_eager("inductor", kwargs, call)
 
 
 def test_digits_default_does_not_collapse_an_image():
