@@ -93,7 +93,7 @@ class ExpressionNet(nn.Module):
         self.encoder = GraphemeEncoder(hidden)
         self.enc = nn.ModuleList(gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))
         self.pool = ThresholdMergePool(
-            hidden, reduce="mean", threshold=pool_threshold, similarity="half_cosine",
+            hidden, aggr="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
         self.tok = nn.ModuleList(gps_layer(hidden, heads, dropout) for _ in range(token_layers))

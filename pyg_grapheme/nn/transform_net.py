@@ -145,7 +145,7 @@ class GraphTransformNet(nn.Module):
         )
         self.dec_norm = nn.LayerNorm(hidden)
         self.pool = ThresholdMergePool(
-            hidden, reduce="mean", threshold=pool_threshold, similarity="half_cosine",
+            hidden, aggr="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
         self.head = ByteHead(hidden)
@@ -170,7 +170,7 @@ class GraphTransformNet(nn.Module):
 
         ``num_out`` (``[B]``, optional) forces each answer to that many nodes: the pool
         cuts the canvas where its own merge logits are lowest
-        (:func:`~pyg_grapheme.nn.merge_pool.forced_merges`; the teacher forcing of the
+        (:func:`~pyg_grapheme.nn.pool.select.forced_merges`; the teacher forcing of the
         segmentation, for losses that need the target's length). Without it the
         threshold decides.
         """
