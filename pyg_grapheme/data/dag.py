@@ -15,10 +15,19 @@ multi-edge), and an order edge between siblings collides with a parent edge when
 sibling is inside the other (``(- a (* a 2))``: ``a -> *`` would be an order edge while
 ``* -> a`` is a parent edge). A graph-to-graph loss sees one unlabelled adjacency, so
 the position has to be in the graph, per (parent, argument) pair: each operator gets a
-**port node** for its second argument, labelled ``(`` (every operator has exactly one
-``(`` in the question, so the model can always emit that node by keeping a token)::
+**port node** for its second argument, labelled ``(`` and the operator (``(+``; every
+operator has exactly one ``(`` in the question, right before it, so the model can always
+emit that node by keeping that token and labelling it)::
 
     op -> arg0        op -> port        port -> arg1
+
+Why the port carries the operator: with ports all labelled ``(``, the node matching
+cannot tell the ``k`` ports of a question apart until the edges are learnt, the plan
+spreads each over all ``k``, and the edge term's gradient on every ``op -> port`` edge is
+``1 - 2/k > 0`` (push down, for ``k >= 3``): measured, every predicted edge died (edge
+term = the target's edge count, docs/expression.md). Level 1 therefore has distinct
+labels within a question (distinct operators and numbers), so labels alone fix the
+matching and the edge term's gradient is exact.
 
 A port has one parent and one child, so shared arguments, ``(* a a)`` and nesting all
 stay simple graphs, and an ordered DAG is recovered from the labelled digraph alone:
@@ -33,9 +42,10 @@ so :func:`decode_dag` of a predicted graph equals the question exactly when the 
 is the question's DAG (decoded-text exact match).
 
 **Data.** :func:`generate_dag_task` draws ``level`` 1 (one shared subexpression
-``(op m n)``, used 2-4 times in a body of 1-3 operators) and ``level`` 2 (two: the
-second uses the first), seeded, disjoint by DAG (= by canonical text) across splits,
-as QA records ``{"input": text, "target": text, "id", "level", "labels", "edges"}``
+``(op m n)``, used 2-3 times in a body of 1-2 more operators; every label distinct
+within a question) and ``level`` 2 (two shared subexpressions, labels may repeat),
+seeded, disjoint by DAG (= by canonical text) across splits, as QA records
+``{"input": text, "target": text, "id", "level", "labels", "edges"}``
 (:func:`write_dag_task` writes ``train/val/test.jsonl``; :func:`read_dag_jsonl` reads
 them back through :func:`~pyg_grapheme.data.read_pairs`' checks).
 """
@@ -76,7 +86,7 @@ __all__ = [
     "write_dag_task",
 ]
 
-#: Label of a second-argument port node.
+#: Prefix of a second-argument port node's label (``(`` + its operator, e.g. ``(+``).
 PORT = "("
 DAG_LEVELS = (1, 2)
 #: Default (train, val, test) sizes per level.
@@ -210,7 +220,7 @@ def _port_graph(dag: Dag) -> tuple[list[str], list[tuple[int, int, int]]]:
         if len(a) != 2:
             raise ValueError(f"operator {dag.labels[v]!r} needs 2 arguments, got {len(a)}")
         port = len(labels)
-        labels.append(PORT)
+        labels.append(PORT + dag.labels[v])
         edges += [(v, a[0], 0), (v, port, 2), (port, a[1], 1)]
     return labels, edges
 
@@ -245,17 +255,18 @@ def graph_to_dag(labels: Sequence[str], edge_index: torch.Tensor | list) -> Dag:
             raise ValueError(f"self-loop at node {s}")
         out[s].append(d)
         inn[d].append(s)
-    is_port = [lab == PORT for lab in labels]
+    is_port = [len(lab) == 2 and lab[0] == PORT and lab[1] in OPERATORS for lab in labels]
     for v, lab in enumerate(labels):
-        if not (lab in OPERATORS or lab == PORT or lab.isdigit()):
+        if not (lab in OPERATORS or is_port[v] or lab.isdigit()):
             raise ValueError(f"node {v} has label {lab!r}, not an operator, number or port")
     args: list[list[int]] = [[] for _ in range(n)]
     for v, lab in enumerate(labels):
         if lab.isdigit() and out[v]:
             raise ValueError(f"number {lab!r} (node {v}) has children")
-        if lab == PORT:
-            if len(inn[v]) != 1 or len(out[v]) != 1 or labels[inn[v][0]] not in OPERATORS:
-                raise ValueError(f"port {v} needs one operator parent and one child")
+        if is_port[v]:
+            if len(inn[v]) != 1 or len(out[v]) != 1 or labels[inn[v][0]] != lab[1]:
+                raise ValueError(f"port {lab!r} (node {v}) needs one parent {lab[1]!r} "
+                                 "and one child")
         if lab in OPERATORS:
             ports = [c for c in out[v] if is_port[c]]
             others = [c for c in out[v] if not is_port[c]]
@@ -325,7 +336,7 @@ def _draw(rng: random.Random, level: int) -> str:
             e = _random_expr(rng, names, ops)
             binds.append(f"{_NAMES[k]}={e};")
             names.append(_NAMES[k])
-        body = _random_expr(rng, names, rng.randint(1, 3))
+        body = _random_expr(rng, names, rng.randint(1, 2 if level == 1 else 3))
         dag = parse_dag("".join(binds) + body)
         text = dag_to_text(dag)
         refs = [0] * len(dag.labels)
@@ -334,7 +345,8 @@ def _draw(rng: random.Random, level: int) -> str:
                 refs[c] += 1
         shared = sum(r >= 2 for r in refs)
         # exactly `level` shared operator nodes, numbers never shared
-        if shared == level and all(r < 2 or dag.args[v] for v, r in enumerate(refs)):
+        ok = shared == level and all(r < 2 or dag.args[v] for v, r in enumerate(refs))
+        if ok and (level > 1 or len(set(dag.labels)) == len(dag.labels)):
             return text
 
 

@@ -11,7 +11,6 @@ from torch_geometric.loader import DataLoader
 
 from pyg_grapheme.data import read_pairs
 from pyg_grapheme.data.dag import (
-    PORT,
     Dag,
     dag_graph,
     dag_pairs,
@@ -57,7 +56,7 @@ def _graph(text):
 
 def test_example_is_a_dag_with_a_shared_node_and_ports():
     labels, edges = _graph("a=(+ 3 4);(- a (* a 2))")
-    assert labels == ["+", "3", "4", "-", "*", "2", PORT, PORT, PORT]
+    assert labels == ["+", "3", "4", "-", "*", "2", "(+", "(-", "(*"]
     g = _nx(labels, edges)
     assert nx.is_directed_acyclic_graph(g)
     assert sorted(g.predecessors(0)) == [3, 4]  # '+' has two parents: '-' and '*'
@@ -129,6 +128,8 @@ def test_splits_are_seeded_disjoint_and_stable(records):
         assert generate_dag_task(lv, 1, (0, 0, 50))["test"] != splits["test"]
         for r in splits["train"]:  # exactly `lv` shared nodes, each an operator
             dag = parse_dag(r["input"])
+            if lv == 1:  # labels distinct within a question (ports included)
+                assert len(set(r["labels"])) == len(r["labels"])
             refs = [sum(c == v for a in dag.args for c in a) for v in range(len(dag.labels))]
             assert sum(x >= 2 for x in refs) == lv
             assert all(dag.args[v] for v, x in enumerate(refs) if x >= 2)
@@ -146,9 +147,12 @@ def test_malformed_graphs_decode_to_marked_text_never_raise():
         text = decode_dag(base, case)
         assert text == "a=(+ 3 4);(- a (* a 2))" or text.startswith("?")
     assert decode_dag(["+", "x"], []).startswith("?")
+    # a port must hang under its own operator
+    assert decode_dag(["+", "(-", "1", "2"], [[0, 2], [0, 1], [1, 3]]).startswith("?port")
+    assert decode_dag(["+", "(+", "1", "2"], [[0, 2], [0, 1], [1, 3]]) == "(+ 1 2)"
     assert decode_dag([], []) == "?empty graph"
     with pytest.raises(ValueError, match="cycle"):
-        graph_to_dag(["*", PORT, "+", PORT, "-", PORT, "1", "2", "3"],
+        graph_to_dag(["*", "(*", "+", "(+", "-", "(-", "1", "2", "3"],
                      [[0, 2], [0, 1], [1, 6], [2, 4], [2, 3], [3, 7], [4, 2], [4, 5], [5, 8]])
 
 
