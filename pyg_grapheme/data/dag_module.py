@@ -87,7 +87,8 @@ class DagDataModule(L.LightningDataModule):
             if hp.data_dir is not None:
                 self.datasets[split] = read_dag_jsonl(os.path.join(hp.data_dir, f"{split}.jsonl"))
             else:
-                sizes = hp.sizes or {}
+                # a YAML / command-line dict arrives with string keys ('1')
+                sizes = {int(k): v for k, v in (hp.sizes or {}).items()}
                 self.datasets[split] = [
                     p for lv in hp.levels
                     for p in dag_pairs(lv, split, seed=hp.seed,
