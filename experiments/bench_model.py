@@ -1,13 +1,19 @@
-"""Forward+backward speed of GraphTransformNet + its training loss (segmentation_nll).
+"""Forward+backward speed of GraphTransformNet + its training loss (segmentation_nll),
+and of the edge head of graph-shaped answers (EdgeHead against ByteHead).
 
-    python experiments/bench_model.py [--threads 1] [--repeats 5]
+    python experiments/bench_model.py [--threads 1] [--repeats 5] [--tables model sizes edge]
 
 Table 1: graphs/s for batches of 64 QA-sized graphs (20-60 graphemes, answers 1-8),
 forward only, forward+backward (the training step without the optimizer), and a whole
 Adam step, at canvas sizes (``max_answer_length``, the cap on the answer's length)
 8 .. 64: how the cost grows with the cap, for each layer form (``block``). Table 2: one
 graph of n = 100 .. 4,000 nodes (canvas 32): seconds per forward+backward and
-microseconds per node (the encoder's self-attention is quadratic in n).
+microseconds per node (the encoder's self-attention is quadratic in n). Table 3: the
+edge head (:class:`~pyg_grapheme.nn.EdgeHead`, every ordered pair of an output graph's
+``m`` nodes, O(m^2) per graph) against the byte head (:class:`~pyg_grapheme.nn.ByteHead`,
+O(m)) on the same nodes, one row per canvas size ``m``: 64 graphs, the model's hidden
+size, forward+backward, and their ratio (measured back to back in the same run); the
+ratio grows linearly in ``m``.
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
 small ops far slower).
 """
@@ -25,7 +31,7 @@ from torch_geometric.data import Batch
 
 from pyg_grapheme import text_to_graph
 from pyg_grapheme.loss import segmentation_nll
-from pyg_grapheme.nn import GraphTransformNet
+from pyg_grapheme.nn import ByteHead, EdgeHead, GraphTransformNet
 
 
 def random_text(rng: random.Random, n: int) -> str:
@@ -62,6 +68,8 @@ def main() -> None:
     ap.add_argument("--canvas", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--blocks", nargs="+", default=["gps", "pre_ln"],
                     help="GraphTransformNet layer forms to time in table 1")
+    ap.add_argument("--tables", nargs="+", default=["model", "sizes", "edge"],
+                    choices=["model", "sizes", "edge"], help="which tables to print")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
@@ -69,6 +77,40 @@ def main() -> None:
                                [rng.randint(1, 8) for _ in range(64)])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
+    if "model" in args.tables:
+        model_table(args, inputs, targets)
+    if "sizes" in args.tables:
+        size_table(args, rng)
+    if "edge" in args.tables:
+        edge_table(args)
+
+
+def edge_table(args, graphs: int = 64) -> None:
+    """EdgeHead (all ordered pairs, O(m^2) per graph) against ByteHead (O(m)) per canvas."""
+    hidden = GraphTransformNet().hidden
+    torch.manual_seed(0)
+    edge, byte = EdgeHead(hidden), ByteHead(hidden)
+    print(f"\n{graphs} output graphs of m nodes, hidden {hidden}, forward+backward")
+    print("| canvas m | pairs | EdgeHead ms | ByteHead ms | ratio | EdgeHead us/pair |")
+    print("|---|---|---|---|---|---|")
+    for m in args.canvas:
+        x = torch.randn(graphs * m, hidden, requires_grad=True)
+        batch = torch.arange(graphs).repeat_interleave(m)
+        pos = torch.arange(m).repeat(graphs)
+
+        def run_edge(x=x, batch=batch, pos=pos):
+            edge(x, batch, pos).edge_weight.sum().backward()
+
+        def run_byte(x=x):
+            byte(x).sum().backward()
+
+        te, tb = timed(run_edge, args.repeats), timed(run_byte, args.repeats)
+        pairs = graphs * m * (m - 1)
+        print(f"| {m} | {pairs:,} | {1e3 * te:.1f} | {1e3 * tb:.1f} | {te / tb:.2f} | "
+              f"{1e6 * te / pairs:.3f} |")
+
+
+def model_table(args, inputs, targets) -> None:
     print("\n| layers | canvas (max_answer_length) | parameters | forward graphs/s | "
           "forward+backward graphs/s | Adam step graphs/s |")
     print("|---|---|---|---|---|---|")
@@ -94,6 +136,8 @@ def main() -> None:
         print(f"| {block} | {k} | {params:,} | " + " | ".join(f"{r:.0f}" for r in rates)
               + " |")
 
+
+def size_table(args, rng) -> None:
     torch.manual_seed(0)
     model = GraphTransformNet(max_answer_length=32)
     print("\n| nodes per graph | s forward+backward | us / node |")

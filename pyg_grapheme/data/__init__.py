@@ -54,3 +54,16 @@ from pyg_grapheme.data.expression import (  # noqa: E402
 )
 
 __all__ += ["expression_graph", "expression_pairs", "graph_exact_match", "tree_to_polish"]
+
+from pyg_grapheme.data.dag import (  # noqa: E402
+    dag_graph,
+    dag_pairs,
+    dag_to_text,
+    decode_dag,
+    generate_dag_task,
+    parse_dag,
+    write_dag_task,
+)
+
+__all__ += ["dag_graph", "dag_pairs", "dag_to_text", "decode_dag", "generate_dag_task",
+            "parse_dag", "write_dag_task"]
