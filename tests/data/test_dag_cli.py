@@ -18,7 +18,7 @@ def test_dag_config_trains_through_the_cli(tmp_path):
             "--trainer.limit_val_batches", 2, "--trainer.enable_progress_bar", "false",
             "--data.batch_size", 8, "--data.levels", "[1, 2]",
             "--data.sizes", "{1: [24, 8, 8], 2: [24, 8, 8]}",
-            "--model.hidden", 16, "--model.heads", 2]
+            "--model.model.hidden", 16, "--model.model.heads", 2]
     proc = subprocess.run([sys.executable, "-m", "pyg_grapheme", *map(str, args)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
