@@ -80,6 +80,10 @@ class GraphTransformNet(nn.Module):
         run_positions: learned positions of each grapheme inside its run of one
             Unicode category (a digit's place value; :class:`GraphemeEncoder`; default
             ``0``: none).
+        canvas_scale: the normalised canvas enters the decoder's residual stream times
+            this (default ``1``). At ``0.02``, the scale of a pre-LN Transformer's token
+            embeddings, the stream is at first what the decoder reads from the question
+            (cross-attention), not the copied question node (docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -108,6 +112,7 @@ class GraphTransformNet(nn.Module):
         block: str = "gps",
         message_gate: float = 0.0,
         run_positions: int = 0,
+        canvas_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -120,6 +125,9 @@ class GraphTransformNet(nn.Module):
         if block not in ("gps", "pre_ln"):
             raise ValueError(f"block must be 'gps' or 'pre_ln', got {block!r}")
         self.block = block
+        if canvas_scale <= 0:
+            raise ValueError(f"canvas_scale must be > 0, got {canvas_scale}")
+        self.canvas_scale = canvas_scale
         self.encoder = GraphemeEncoder(hidden, run_positions=run_positions)
         if block == "gps":
             self.enc = nn.ModuleList(
@@ -203,6 +211,8 @@ class GraphTransformNet(nn.Module):
         empty = sizes[cvec] == 0
         c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(max=max(n - 1, 0))])
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
+        if self.canvas_scale != 1.0:
+            c = c * self.canvas_scale
         cchain = chain_edges(cvec)
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
         for local, layer in zip(self.local, self.dec, strict=True):

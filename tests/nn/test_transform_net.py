@@ -182,3 +182,26 @@ def test_runs_on_device_and_under_compile(device, block):
     assert torch.allclose(out.x, eager.x, atol=1e-5)
     seg_loss(out, targets).backward()
     assert torch.isfinite(net.theta.grad)
+
+
+def test_canvas_scale_is_a_scaled_canvas_norm():
+    """``canvas_scale=s`` equals the same weights with the canvas LayerNorm's affine
+    parameters times ``s``: the canvas enters the decoder at that scale, nothing else."""
+    torch.manual_seed(0)
+    batch = Batch.from_data_list([text_to_graph(t) for t in ("12 + 3", "In 475, tens?")])
+    scaled = GraphTransformNet(hidden=16, heads=2, max_answer_length=4, canvas_scale=0.02,
+                               run_positions=8).eval()
+    plain = GraphTransformNet(hidden=16, heads=2, max_answer_length=4, run_positions=8).eval()
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        plain.canvas_norm.weight.mul_(0.02)
+        plain.canvas_norm.bias.mul_(0.02)
+    a, b = scaled(batch), plain(batch)
+    assert torch.allclose(a.canvas_log_probs, b.canvas_log_probs, atol=1e-5)
+    same_weights = GraphTransformNet(hidden=16, heads=2, max_answer_length=4,
+                                     run_positions=8).eval()
+    same_weights.load_state_dict(scaled.state_dict())
+    assert not torch.allclose(a.canvas_log_probs, same_weights(batch).canvas_log_probs,
+                              atol=1e-3)
+    with pytest.raises(ValueError, match="canvas_scale"):
+        GraphTransformNet(canvas_scale=0.0)
