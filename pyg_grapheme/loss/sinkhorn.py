@@ -104,7 +104,7 @@ def solve(
     *,
     init: tuple[Tensor, Tensor] | None = None,
     max_iter: int = 1000,
-    tol: float | Tensor = 1e-9,
+    tol: float = 1e-9,
     block: int = 10,
     method: str = "stabilized",
 ) -> tuple[Tensor, Tensor, Tensor, int, Tensor]:
@@ -122,8 +122,7 @@ def solve(
         max_iter: iterations at most (a log-domain refresh at the start is not counted).
         tol: a problem stops when its L1 row-marginal violation is <= tol times its
             total mass (checked once per block) and leaves the batch, the others go on;
-            ``tol=0`` runs exactly ``max_iter`` iterations. A ``[B]`` tensor gives each
-            problem its own tolerance.
+            ``tol=0`` runs exactly ``max_iter`` iterations.
         block: scaling iterations between absorptions.
         method: ``"stabilized"`` (scaling with absorption) or ``"log"`` (log-domain only).
 
@@ -156,8 +155,6 @@ def solve(
     idx = torch.arange(B, device=M.device)
     stored = torch.zeros(B, dtype=torch.bool, device=M.device)
     mass = a.sum(1)
-    check = bool((torch.as_tensor(tol) > 0).any())
-    thr = tol * mass  # a problem is done when its row-marginal violation is <= thr
     # M / eps with +inf on absent cells: the kernel's exp gives their 0 without a mask.
     M_eps = torch.where(cell_ok, M / eps, float("inf"))
     log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
@@ -185,8 +182,8 @@ def solve(
     it = 0
     since_exp = 0
     while it < max_iter:
-        if check:
-            new = (err <= thr) & ~stored
+        if tol > 0:
+            new = (err <= tol * mass) & ~stored
             if bool(new.any()):
                 d = new.nonzero().squeeze(1)
                 gd = idx.index_select(0, d)
@@ -203,7 +200,7 @@ def solve(
                 # smaller batch (integer indices: one nonzero for all tensors).
                 k_ = (~stored).nonzero().squeeze(1)
                 idx, f, g, K, err = (t.index_select(0, k_) for t in (idx, f, g, K, err))
-                a, b, thr, M, M_eps = (t.index_select(0, k_) for t in (a, b, thr, M, M_eps))
+                a, b, mass, M, M_eps = (t.index_select(0, k_) for t in (a, b, mass, M, M_eps))
                 row_ok, col_ok = row_ok.index_select(0, k_), col_ok.index_select(0, k_)
                 log_a, log_b = log_a.index_select(0, k_), log_b.index_select(0, k_)
                 stored = stored.index_select(0, k_)
