@@ -9,11 +9,22 @@ multiply-adds of the Sinkhorn mat-vecs (problems that met the tolerance no longe
 count), pairs whose stationarity residual is above 1e-3 / 1e-4, and the CPU time
 (process time, median of 3).
 
+``--variants``: the table 2 problem under solver variants, interleaved in one process
+(CPU ms, ratio against the first, steps, unconverged pairs, loss): Sinkhorn block
+length, annealing length / start (``outer_iter``, ``reg_init``, idea (d) of issue 10),
+flush-to-zero of denormals. ``--compile``: one Sinkhorn block of 10 iterations on 64
+pairs of 61 x 61 (float32), eager against ``torch.compile`` (idea (a)), with the compile
+time and the largest difference.
+
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --variants
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --compile
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import statistics
 import sys
 import time
@@ -48,8 +59,113 @@ def problems() -> dict:
     return {"table 2 (64 DAG pairs, 5..60 nodes)": t2, "table 4b (32 byte-head chains)": t4}
 
 
+VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "Sinkhorn block 20": {"block": 20},
+    "Sinkhorn block 5": {"block": 5},
+    "outer_iter 6 (3 annealed steps)": {"outer_iter": 6},
+    "outer_iter 16 (8 annealed steps)": {"outer_iter": 16},
+    "reg_init 0.3": {"reg_init": 0.3},
+    "no annealing": {"reg_init": None},
+    "flush denormals": {"ftz": True},
+}
+
+
+def variants(repeats: int = 5) -> None:
+    """Idea (d) and two knobs, interleaved on the table 2 problem (CPU time)."""
+    pred, tgt, kw = next(iter(problems().values()))
+    solve = SK.solve
+
+    def make(block: int = 10, ftz: bool = False, **over):
+        def run():
+            ST.solve = functools.partial(solve, block=block)
+            torch.set_flush_denormal(ftz)
+            p = pred.clone()
+            p.x.requires_grad_()
+            p.edge_weight.requires_grad_()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                v, parts = structural_loss(p, tgt, return_components=True, **{**kw, **over})
+                v.backward()
+            ST.solve = solve
+            torch.set_flush_denormal(False)
+            return v, parts
+        return run
+
+    runs = {k: make(**v) for k, v in VARIANTS.items()}
+    out = {k: r() for k, r in runs.items()}
+    ts: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, r in runs.items():
+            t0 = time.process_time()
+            r()
+            ts[k].append(time.process_time() - t0)
+    base = statistics.median(ts["defaults"])
+    print("| variant (table 2 problem) | CPU ms | vs defaults | steps | pairs > 1e-3 | "
+          "pairs > 1e-4 | loss |")
+    print("|---|---|---|---|---|---|---|")
+    for k in runs:
+        v, parts = out[k]
+        res, t = parts["residual"], statistics.median(ts[k])
+        print(f"| {k} | {1e3 * t:.0f} | {base / t:.2f}x | {parts['outer_iter']} | "
+              f"{int((res > 1e-3).sum())} | {int((res > 1e-4).sum())} | {float(v):.6f} |")
+
+
+def compiled_block(repeats: int = 7) -> None:
+    """Idea (a): the Sinkhorn scaling block under torch.compile (CPU: inductor C++)."""
+    g = torch.Generator().manual_seed(0)
+    B, n = 64, 61
+    K = torch.rand(B, n, n, generator=g) + 0.1
+    a3 = torch.rand(B, 1, n, generator=g)
+    b3 = torch.rand(B, 1, n, generator=g)
+    b3 = b3 * a3.sum(2, keepdim=True) / b3.sum(2, keepdim=True)
+    fl = torch.full((1, 1, 1), torch.finfo(torch.float32).tiny)
+
+    def block(K: torch.Tensor, a3: torch.Tensor, b3: torch.Tensor, fl: torch.Tensor):
+        u, v, Kt = torch.ones_like(a3), torch.ones_like(b3), K.transpose(1, 2)
+        for _ in range(10):  # the loop of sinkhorn.solve
+            u = a3 / torch.baddbmm(fl, v, Kt)
+            v = b3 / torch.baddbmm(fl, u, K)
+        return u, v
+
+    runs = {"eager": block}
+    for dyn in (True, False):
+        try:
+            c = torch.compile(block, dynamic=dyn)
+            t0 = time.perf_counter()
+            u, _ = c(K, a3, b3, fl)
+            dt = time.perf_counter() - t0
+            diff = float((u - block(K, a3, b3, fl)[0]).abs().max())
+            runs[f"torch.compile(dynamic={dyn})"] = c
+            print(f"compile (dynamic={dyn}): {dt:.1f} s, max |diff| vs eager {diff:.1e}")
+        except Exception as e:  # noqa: BLE001 - no compiler here: report, go on
+            print(f"torch.compile(dynamic={dyn}) unavailable: {type(e).__name__}: {e}")
+    ts: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, f in runs.items():
+            t0 = time.process_time()
+            for _ in range(20):
+                f(K, a3, b3, fl)
+            ts[k].append((time.process_time() - t0) / 200)
+    base = statistics.median(ts["eager"])
+    print("| Sinkhorn block, 64 pairs of 61 x 61, float32 | us per iteration | vs eager |")
+    print("|---|---|---|")
+    for k in runs:
+        t = statistics.median(ts[k])
+        print(f"| {k} | {1e6 * t:.1f} | {base / t:.2f}x |")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.variants:
+        return variants()
+    if args.compile:
+        return compiled_block()
     count = {"solves": 0, "iters": 0, "mac": 0}
     solve, bmm, baddbmm = SK.solve, torch.bmm, torch.baddbmm
 
@@ -68,7 +184,6 @@ def main() -> None:
         return baddbmm(inp, x, y, **k)
 
     ST.solve, torch.bmm, torch.baddbmm = counted_solve, counted_bmm, counted_baddbmm
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("| problem | steps | solves | Sinkhorn iterations | mat-vec MMAC | pairs > 1e-3 | "
           "pairs > 1e-4 | CPU ms (median of 3) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -146,13 +146,17 @@ def solve(
     else:
         f = torch.where(row_ok, init[0], 0.0)
         g = torch.where(col_ok, init[1], 0.0)
-    # Outputs of the whole batch; problems that meet ``tol`` are written here and leave
-    # the working set (per-problem stopping: the rest iterate on a smaller batch).
+    # Outputs of the whole batch. A problem that meets ``tol`` is written here at once
+    # (its result is final) and marked ``stored``; the working set is compacted only
+    # once a quarter of it is stored (the stored ones iterate on meanwhile, unread):
+    # compacting copies every [B, n, m] tensor, which cost more than the iterations it
+    # saves when one problem leaves at a time (docs/loss.md).
     f_out, g_out, K_out, err_out = f, g, torch.zeros_like(M), M.new_zeros(B)
     idx = torch.arange(B, device=M.device)
+    stored = torch.zeros(B, dtype=torch.bool, device=M.device)
     mass = a.sum(1)
-    absent = ~cell_ok
-    M_eps = M / eps
+    # M / eps with +inf on absent cells: the kernel's exp gives their 0 without a mask.
+    M_eps = torch.where(cell_ok, M / eps, float("inf"))
     log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
     log_b = torch.where(col_ok, b.clamp_min(floor).log(), 0.0)
 
@@ -165,7 +169,7 @@ def solve(
     def kernel(f: Tensor, g: Tensor) -> Tensor:
         # exp((f_i + g_j - M_ij) / eps), 0 on absent cells; in place, one temporary.
         K = (f / eps).unsqueeze(2) + (g / eps).unsqueeze(1)
-        return K.sub_(M_eps).masked_fill_(absent, float("-inf")).exp_()
+        return K.sub_(M_eps).exp_()
 
     def row_err(K: Tensor) -> Tensor:
         return (K.sum(2) - a).abs().sum(1)
@@ -179,20 +183,27 @@ def solve(
     since_exp = 0
     while it < max_iter:
         if tol > 0:
-            done = err <= tol * mass
-            if bool(done.all()):
+            new = (err <= tol * mass) & ~stored
+            if bool(new.any()):
+                d = new.nonzero().squeeze(1)
+                gd = idx.index_select(0, d)
+                f_out = f_out.index_copy(0, gd, f.index_select(0, d))
+                g_out = g_out.index_copy(0, gd, g.index_select(0, d))
+                K_out = K_out.index_copy(0, gd, K.index_select(0, d))
+                err_out = err_out.index_copy(0, gd, err.index_select(0, d))
+                stored = stored | new
+            n_stored = int(stored.sum())
+            if n_stored == stored.numel():
                 break
-            if bool(done.any()):
-                # Converged problems leave the working set (their plan and potentials
-                # are final); the others go on as a smaller batch.
-                d, keep = idx[done], ~done
-                f_out, g_out = f_out.index_copy(0, d, f[done]), g_out.index_copy(0, d, g[done])
-                K_out = K_out.index_copy(0, d, K[done])
-                err_out = err_out.index_copy(0, d, err[done])
-                idx, f, g, K, err = idx[keep], f[keep], g[keep], K[keep], err[keep]
-                a, b, mass, M, M_eps = a[keep], b[keep], mass[keep], M[keep], M_eps[keep]
-                row_ok, col_ok, absent = row_ok[keep], col_ok[keep], absent[keep]
-                log_a, log_b = log_a[keep], log_b[keep]
+            if 4 * n_stored >= stored.numel():
+                # Converged problems leave the working set; the others go on as a
+                # smaller batch (integer indices: one nonzero for all tensors).
+                k_ = (~stored).nonzero().squeeze(1)
+                idx, f, g, K, err = (t.index_select(0, k_) for t in (idx, f, g, K, err))
+                a, b, mass, M, M_eps = (t.index_select(0, k_) for t in (a, b, mass, M, M_eps))
+                row_ok, col_ok = row_ok.index_select(0, k_), col_ok.index_select(0, k_)
+                log_a, log_b = log_a.index_select(0, k_), log_b.index_select(0, k_)
+                stored = stored.index_select(0, k_)
         k = min(block, max_iter - it)
         ok = method == "stabilized"
         if ok:
@@ -232,10 +243,16 @@ def solve(
             K = kernel(f, g)
             since_exp = 0
         err = row_err(K)
-    if idx.numel() == B:  # nobody left early: no copies
+    if idx.numel() == B and not bool(stored.any()):  # nobody stored: no copies
         return f, g, K, it, err
-    f_out, g_out = f_out.index_copy(0, idx, f), g_out.index_copy(0, idx, g)
-    K_out, err_out = K_out.index_copy(0, idx, K), err_out.index_copy(0, idx, err)
+    # The problems not stored yet: those that did not meet ``tol`` (and, when the
+    # loop ran out, those whose last block met it).
+    rest = (~stored).nonzero().squeeze(1)
+    gr = idx.index_select(0, rest)
+    f_out = f_out.index_copy(0, gr, f.index_select(0, rest))
+    g_out = g_out.index_copy(0, gr, g.index_select(0, rest))
+    K_out = K_out.index_copy(0, gr, K.index_select(0, rest))
+    err_out = err_out.index_copy(0, gr, err.index_select(0, rest))
     return f_out, g_out, K_out, it, err_out
 
 
