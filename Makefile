@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make run    set up, train on the shipped kindergarten set, print answers, plot curves
-#   make test   set up, ruff, the test suite
+#   make test   set up, ruff, mypy, the test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,7 +23,8 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy pyg_grapheme
 	$(BIN)/python -m pytest -q -n 2
 
 clean:
-	rm -rf $(VENV) runs lightning_logs .pytest_cache
+	rm -rf $(VENV) runs lightning_logs .pytest_cache .mypy_cache

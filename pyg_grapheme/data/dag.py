@@ -373,7 +373,7 @@ def generate_dag_task(
     number = 0
     for split in ("test", "val", "train"):
         n = sizes[SPLITS.index(split)]
-        records = []
+        records: list[dict] = []
         misses = 0
         while len(records) < n:
             text = _draw(rng, level)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
@@ -59,6 +60,10 @@ class DagDataModule(L.LightningDataModule):
         batch_size: pairs per batch. predict_texts: questions for ``predict``.
         num_workers: DataLoader workers.
     """
+
+    #: ``save_hyperparameters``' result (Lightning types the property more loosely); an
+    #: annotation only, the property is untouched
+    hparams: AttributeDict
 
     def __init__(
         self,

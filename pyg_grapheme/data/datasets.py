@@ -72,7 +72,7 @@ def callable_key(fn: Callable | None) -> str:
     if fn is None:
         return ""
     if isinstance(fn, types.FunctionType | types.MethodType):
-        func = getattr(fn, "__func__", fn)
+        func = fn.__func__ if isinstance(fn, types.MethodType) else fn
         closure = [repr(c.cell_contents) for c in func.__closure__ or ()]
         digest = hashlib.sha256(_code_key(func.__code__)).hexdigest()
         owner = repr(fn.__self__) if isinstance(fn, types.MethodType) else ""
@@ -243,12 +243,12 @@ class TextPairDataset(InMemoryDataset):
         pending: list[PairData] = []
         try:
             for _, (source, target) in iter_pairs(self._source_bytes, str(self.source)):
-                data = PairData.from_texts(source, target, skip=self.skip)
-                if self.pre_filter is not None and not self.pre_filter(data):
+                pair = PairData.from_texts(source, target, skip=self.skip)
+                if self.pre_filter is not None and not self.pre_filter(pair):
                     continue
                 if self.pre_transform is not None:
-                    data = self.pre_transform(data)
-                pending.append(data)
+                    pair = self.pre_transform(pair)
+                pending.append(pair)
                 if len(pending) == CHUNK:
                     chunks.append(self.collate(pending))
                     pending = []

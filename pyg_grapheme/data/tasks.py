@@ -177,7 +177,7 @@ def _reduced_fraction(rng: random.Random) -> str:
 def _compare(rng: random.Random) -> Problem:
     kind = rng.choice((_compare_integers, _compare_decimals, "fraction"))
     while True:
-        if kind == "fraction":
+        if isinstance(kind, str):  # "fraction"
             a, b = _reduced_fraction(rng), _reduced_fraction(rng)
         else:
             a, b = kind(rng)

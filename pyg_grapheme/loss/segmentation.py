@@ -93,8 +93,8 @@ def segmentation_log_likelihood(
             f"target must be [M, {log_probs.size(1)}] byte classes, got {tuple(target.shape)}"
         )
     if num_graphs is None:
-        num_graphs = int(max(batch.max() if batch.numel() else -1,
-                             target_batch.max() if target_batch.numel() else -1)) + 1
+        num_graphs = max(int(batch.max()) if batch.numel() else -1,
+                         int(target_batch.max()) if target_batch.numel() else -1) + 1
     # Under mixed precision the sums over a canvas lose too much in bf16/fp16: float32 at
     # least, outside autocast.
     dtype = torch.promote_types(log_probs.dtype, torch.float32)

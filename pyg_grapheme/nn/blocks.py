@@ -134,7 +134,7 @@ def reset_transformer_layer(layer: nn.Module) -> None:
     """Re-initialise a ``torch.nn.Transformer{Encoder,Decoder}Layer`` as its constructor did."""
     for sub in layer.modules():
         if sub is not layer and hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
+            sub.reset_parameters()  # type: ignore[operator]  # Module.__getattr__: Tensor | Module
     for attn in (getattr(layer, "self_attn", None), getattr(layer, "multihead_attn", None)):
         if attn is not None:
             attn._reset_parameters()

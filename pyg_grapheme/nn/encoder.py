@@ -127,6 +127,8 @@ class GraphemeEncoder(nn.Module):
         - **output:** ``[N, hidden_channels]``
     """
 
+    category_table: Tensor  # buffer of run_positions > 0 (see __init__)
+
     def __init__(self, hidden_channels: int, max_positions: int = 512,
                  run_positions: int = 0) -> None:
         super().__init__()

@@ -259,7 +259,7 @@ class GraphTransformNet(nn.Module):
                 than ``max_input_length``.
         """
         single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items = [texts] if isinstance(texts, str) else list(texts)
         if not items:
             return []
         for i, t in enumerate(items):

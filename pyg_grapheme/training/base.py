@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch import Tensor, nn
 
 #: Lightning's allowlisted instantiator: rebuilds ``class_path`` hyperparameters with
@@ -97,6 +99,13 @@ class InjectedModule(L.LightningModule):
     """
 
     network: ClassVar[type[nn.Module]]
+    #: the injected network, duck-typed (any module with :attr:`network`'s interface)
+    model: Any
+    optimizer: OptimizerCallable
+    lr_scheduler: LRSchedulerCallable | None
+    #: ``save_hyperparameters``' result (Lightning types the property more loosely); an
+    #: annotation only, the property is untouched
+    hparams: AttributeDict
     #: Adam's arguments among the old flat hyperparameters.
     flat_optimizer: ClassVar[tuple[str, ...]] = ("lr", "betas", "weight_decay")
     #: Old flat hyperparameters that are gone (clipping is the Trainer's gradient_clip_val).
@@ -105,7 +114,8 @@ class InjectedModule(L.LightningModule):
     def _save_hparams(self) -> None:
         """``save_hyperparameters()`` of the caller's ``__init__``, the injected objects
         stored as configs (see :func:`describe`)."""
-        frame = inspect.currentframe().f_back
+        frame = inspect.currentframe()  # None only off CPython
+        frame = frame.f_back if frame is not None else None
         with warnings.catch_warnings():
             # the modules are described below, not pickled into the hyperparameters
             warnings.filterwarnings("ignore", message=r"Attribute '\w+' is an instance of")

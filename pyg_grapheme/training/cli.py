@@ -98,7 +98,7 @@ def check_checkpoint(path: str | Path | None) -> None:
     read_checkpoint(path)
 
 
-def default_loggers(save_dir: str | os.PathLike) -> list:
+def default_loggers(save_dir: str | Path) -> list:
     """The loggers of a run without ``trainer.logger`` in its config: CSV (``metrics.csv``,
     always) and TensorBoard when ``tensorboard`` is installed, both in
     ``save_dir/logs/version_N`` (the same ``N``), so that logs, checkpoints, ``curves.png``

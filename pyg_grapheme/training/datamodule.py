@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
@@ -32,6 +33,10 @@ class GraphemeDataModule(L.LightningDataModule):
         predict_texts: questions for ``predict`` (each becomes a text graph).
         num_workers: DataLoader workers.
     """
+
+    #: ``save_hyperparameters``' result (Lightning types the property more loosely); an
+    #: annotation only, the property is untouched
+    hparams: AttributeDict
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
@@ -217,6 +218,10 @@ class ExpressionDataModule(L.LightningDataModule):
         predict_texts: questions for ``predict``.
         num_workers: DataLoader workers.
     """
+
+    #: ``save_hyperparameters``' result (Lightning types the property more loosely); an
+    #: annotation only, the property is untouched
+    hparams: AttributeDict
 
     def __init__(
         self,

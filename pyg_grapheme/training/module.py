@@ -165,7 +165,7 @@ class GraphemeModule(InjectedModule):
             )
             self.log(f"{stage}_segmentation_nll", seg, **log)
             total = total + hp.segmentation_weight * seg
-        parts = None
+        parts: dict[str, Tensor] = {}
         if self.loss is not None or hp.ce_weight > 0:
             # without a structural loss, the cross-entropy's plan comes from a zero-weight one
             loss_fn = self.loss if self.loss is not None else _PLAN_ONLY

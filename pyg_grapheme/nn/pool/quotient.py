@@ -46,7 +46,7 @@ class Quotient(NamedTuple):
     cu: Tensor
     cv: Tensor
     key: Tensor
-    count: Tensor
+    count: Tensor  # type: ignore[assignment]  # shadows tuple.count, as NamedTuple allows
 
 
 def quotient(
@@ -91,7 +91,9 @@ def coarsen_edges(
     return _coalesce(cu, cv, num_clusters)[:3]
 
 
-def _coalesce(cu: Tensor, cv: Tensor, num_clusters: int) -> tuple[Tensor, ...]:
+def _coalesce(
+    cu: Tensor, cv: Tensor, num_clusters: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(edge_index, edge_id, inverse, key, count)`` of the coarse edges (see
     :class:`Quotient`)."""
     edge_id = (cu != cv).nonzero().view(-1)

@@ -37,6 +37,7 @@ class _EdgeCosine(torch.autograd.Function):
         inv = torch.where(norm > 1e-12, norm.clamp_min(1e-12).reciprocal(), 0.0)
         inv_prod = inv.index_select(0, row) * inv.index_select(0, col)
         chunks = _chunks(row.numel(), x.size(1))
+        gathered: tuple[Tensor, ...]
         if len(chunks) <= 1:  # small graph: keep the gathered rows for the backward
             x_row, x_col = x.index_select(0, row), x.index_select(0, col)
             dot = torch.linalg.vecdot(x_row, x_col)
@@ -53,7 +54,7 @@ class _EdgeCosine(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Tensor):  # type: ignore[override]  # one output, one gradient
         x, row, col, inv, inv_prod, cos, *gathered = ctx.saved_tensors
         # d cos_uv / d x_u = x_v / (|x_u| |x_v|) - cos_uv x_u / |x_u|^2
         gc = grad * cos
