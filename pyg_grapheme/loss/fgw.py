@@ -191,7 +191,7 @@ def _solve_fgw(
         for t in range(anneal):
             eps = _schedule(t, reg, reg_init, anneal)
             M, _ = problem.linearise(P, eps)
-            f, g, P, _, _ = solve(M, a, b, eps, init=None if f is None else (f, g),
+            f, g, P, _, _ = solve(M, a, b, eps, init=None if f is None or g is None else (f, g),
                                   max_iter=inner_iter, tol=tol, method=method)
             steps += 1
         P, f, g, k = _stationary_phase(problem, P, f, g, reg, inner_iter=inner_iter,
@@ -200,7 +200,7 @@ def _solve_fgw(
         steps += k
     # Final step: an undamped solve of the linearisation at P, to ``tol``.
     M, _ = problem.linearise(P, reg)
-    f, g, P_new, _, err = solve(M, a, b, reg, init=None if f is None else (f, g),
+    f, g, P_new, _, err = solve(M, a, b, reg, init=None if f is None or g is None else (f, g),
                                 max_iter=max_iter, tol=tol, method=method)
     S = problem.S
     residual = (P_new - P).abs().sum((1, 2)) / S if edges is not None else torch.zeros_like(S)
