@@ -204,7 +204,42 @@ class ExpressionModule(InjectedModule):
                 for c, e in hard_graphs(pred)]
 
 
-class ExpressionDataModule(L.LightningDataModule):
+class PairGraphDataModule(L.LightningDataModule):
+    """Loaders shared by the graph-target data modules: a subclass sets ``self.datasets``
+    and builds each split's list of pairs in ``_dataset(split)`` (``hparams``:
+    ``batch_size``, ``num_workers``, ``predict_texts``)."""
+
+    #: ``save_hyperparameters``' result (Lightning types the property more loosely); an
+    #: annotation only, the property is untouched
+    hparams: AttributeDict
+    datasets: dict[str, list]
+
+    def _dataset(self, split: str) -> list:
+        raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size,
+                          shuffle=shuffle, follow_batch=FOLLOW_BATCH,
+                          num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        texts = self.hparams.predict_texts
+        if not texts:
+            raise ValueError("nothing to predict: pass --data.predict_texts")
+        return DataLoader([text_to_graph(t) for t in texts],
+                          batch_size=self.hparams.batch_size, collate_fn=Batch.from_data_list)
+
+
+class ExpressionDataModule(PairGraphDataModule):
     """The math curriculum's questions paired with their expression trees
     (:func:`~pyg_grapheme.data.expression.expression_pairs`), levels mixed.
 
@@ -243,7 +278,8 @@ class ExpressionDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> list:
         if split not in self.datasets:
             hp = self.hparams
-            sizes = hp.sizes or {}
+            # a YAML / command-line dict arrives with string keys ('1')
+            sizes = {int(k): v for k, v in (hp.sizes or {}).items()}
             self.datasets[split] = [
                 p for lv in hp.levels
                 for p in expression_pairs(lv, split, seed=hp.seed,
@@ -251,23 +287,3 @@ class ExpressionDataModule(L.LightningDataModule):
             ]
         return self.datasets[split]
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size,
-                          shuffle=shuffle, follow_batch=FOLLOW_BATCH,
-                          num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        texts = self.hparams.predict_texts
-        if not texts:
-            raise ValueError("nothing to predict: pass --data.predict_texts")
-        return DataLoader([text_to_graph(t) for t in texts],
-                          batch_size=self.hparams.batch_size, collate_fn=Batch.from_data_list)

@@ -23,12 +23,12 @@ from pyg_grapheme.data.dag import (
     read_dag_jsonl,
     write_dag_task,
 )
-from pyg_grapheme.data.dag_module import DagDataModule, decode_predictions
 from pyg_grapheme.data.expression import node_labels
 from pyg_grapheme.data.graphemes import graphs_to_texts
 from pyg_grapheme.data.pair import FOLLOW_BATCH, split_pair_batch
 from pyg_grapheme.nn.edge_head import all_pairs
 from pyg_grapheme.nn.head import one_hot_bytes
+from pyg_grapheme.training.dag_module import DagDataModule, decode_predictions
 
 SIZES = (200, 50, 50)
 

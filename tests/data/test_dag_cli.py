@@ -31,4 +31,4 @@ def test_dag_config_trains_through_the_cli(tmp_path):
                     "val_graph_exact_match_level2"):
             assert 0.0 <= float(r[key]) <= 1.0
     config = next((tmp_path / "out").rglob("config.yaml")).read_text()
-    assert "pyg_grapheme.data.dag_module.DagDataModule" in config
+    assert "pyg_grapheme.training.dag_module.DagDataModule" in config

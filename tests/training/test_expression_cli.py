@@ -103,3 +103,18 @@ def test_expression_goal_on_held_out_levels(tmp_path):
     best = max(rows, key=lambda r: float(r["val_graph_exact_match"]))
     assert float(best["val_graph_exact_match_level1"]) >= 0.95
     assert float(best["val_graph_exact_match_level2"]) >= 0.95
+
+
+def test_data_modules_read_sizes_with_string_keys_and_share_loaders():
+    """``--data.sizes`` from YAML or the command line arrives with string keys; both
+    graph-target data modules honour them (before, the expression module silently used
+    its default sizes) and batch through the same loaders."""
+    from pyg_grapheme.training.dag_module import DagDataModule
+    from pyg_grapheme.training.expression_module import ExpressionDataModule, PairGraphDataModule
+
+    expr = ExpressionDataModule(levels=[1], sizes={"1": [6, 3, 3]}, batch_size=4)
+    dag = DagDataModule(levels=[1], sizes={"1": [5, 3, 3]}, batch_size=4)
+    assert isinstance(dag, PairGraphDataModule) and isinstance(expr, PairGraphDataModule)
+    assert len(expr._dataset("train")) == 6 and len(expr._dataset("val")) == 3
+    assert len(dag._dataset("train")) == 5
+    assert [b.num_graphs for b in expr.train_dataloader()] == [4, 2]

@@ -23,7 +23,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.parsing import AttributeDict
 from torch_geometric.data import Batch
-from torch_geometric.loader import DataLoader
 
 from pyg_grapheme.data.dag import (
     DAG_LEVELS,
@@ -33,8 +32,9 @@ from pyg_grapheme.data.dag import (
     read_dag_jsonl,
 )
 from pyg_grapheme.data.expression import node_labels
-from pyg_grapheme.data.graphemes import graphs_to_texts, text_to_graph
-from pyg_grapheme.data.pair import FOLLOW_BATCH, split_pair_batch
+from pyg_grapheme.data.graphemes import graphs_to_texts
+from pyg_grapheme.data.pair import split_pair_batch
+from pyg_grapheme.training.expression_module import PairGraphDataModule
 
 __all__ = ["DagDataModule", "DagTextExactMatch", "decode_predictions"]
 
@@ -46,7 +46,7 @@ def decode_predictions(pred: Batch) -> list[str]:
     return [decode_dag(node_labels(c), e) for c, e in hard_graphs(pred)]
 
 
-class DagDataModule(L.LightningDataModule):
+class DagDataModule(PairGraphDataModule):
     """DAG questions paired with their port DAGs (:mod:`pyg_grapheme.data.dag`).
 
     Args:
@@ -101,26 +101,6 @@ class DagDataModule(L.LightningDataModule):
                 ]
         return self.datasets[split]
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size,
-                          shuffle=shuffle, follow_batch=FOLLOW_BATCH,
-                          num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        texts = self.hparams.predict_texts
-        if not texts:
-            raise ValueError("nothing to predict: pass --data.predict_texts")
-        return DataLoader([text_to_graph(t) for t in texts],
-                          batch_size=self.hparams.batch_size, collate_fn=Batch.from_data_list)
 
 
 class DagTextExactMatch(L.Callback):
