@@ -15,7 +15,7 @@ import pytest
 import torch
 
 _PATH = Path(__file__).resolve().parents[1] / "experiments" / "baseline_seq2seq.py"
-GRAPH_PARAMS = 642_180  # GraphemeModule(hidden=128).model at the time of writing
+GRAPH_PARAMS = 642_180  # a sizing target (an earlier GraphTransformNet; the current one is ~1.25M)
 
 
 @pytest.fixture(scope="module")
