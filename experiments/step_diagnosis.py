@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-local", action="store_true", help="no DAGConv on the canvas")
     p.add_argument("--no-canvas-norm", action="store_true")
     p.add_argument("--detach-merge", action="store_true")
+    p.add_argument("--head-prior", action="store_true",
+                   help="output bias = the answers' byte prior (GraphemeModule's default)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = generate_task(args.task, seed=0)
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         model = build_graph(args, longest)
         train = [PairData.from_texts(r["input"], r["target"]) for r in data["train"]]
         loader = DataLoader(train, batch_size=32, shuffle=True, follow_batch=FOLLOW_BATCH)
+        if args.head_prior:
+            model.head.init_output_prior(torch.cat([d.x_t for d in train]))
     else:
         max_pos = max(len(r["input"].encode()) for split in data.values() for r in split) + 40
         model = TransformerSeq2Seq(transformer_dim_for(args.tf_params, 4, 2, 2, max_pos), None,
