@@ -77,10 +77,7 @@ class DagDataModule(PairGraphDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        bad = [lv for lv in levels if lv not in DAG_LEVELS]
-        if bad or not levels:
-            raise ValueError(f"levels must be a non-empty subset of {list(DAG_LEVELS)}, got "
-                             f"{list(levels)}")
+        self._check_levels(levels, DAG_LEVELS)
         if data_dir is not None and not os.path.isdir(data_dir):
             raise ValueError(f"data_dir {data_dir!r} is not a directory")
         self.datasets: dict[str, list] = {}
@@ -92,8 +89,7 @@ class DagDataModule(PairGraphDataModule):
             if hp.data_dir is not None:
                 self.datasets[split] = read_dag_jsonl(os.path.join(hp.data_dir, f"{split}.jsonl"))
             else:
-                # a YAML / command-line dict arrives with string keys ('1')
-                sizes = {int(k): v for k, v in (hp.sizes or {}).items()}
+                sizes = self._sizes()
                 self.datasets[split] = [
                     p for lv in hp.levels
                     for p in dag_pairs(lv, split, seed=hp.seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -217,6 +218,16 @@ class PairGraphDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> list:
         raise NotImplementedError
 
+    def _check_levels(self, levels: Sequence[int], known: Sequence[int]) -> None:
+        bad = [lv for lv in levels if lv not in known]
+        if bad or not levels:
+            raise ValueError(f"levels must be a non-empty subset of {list(known)}, got "
+                             f"{list(levels)}")
+
+    def _sizes(self) -> dict[int, Any]:  # [train, val, test] as the YAML gave it
+        # a YAML / command-line dict arrives with string keys ('1')
+        return {int(k): v for k, v in (self.hparams.sizes or {}).items()}
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         return DataLoader(self._dataset(split), batch_size=self.hparams.batch_size,
                           shuffle=shuffle, follow_batch=FOLLOW_BATCH,
@@ -269,17 +280,13 @@ class ExpressionDataModule(PairGraphDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        bad = [lv for lv in levels if lv not in LEVELS]
-        if bad or not levels:
-            raise ValueError(f"levels must be a non-empty subset of {list(LEVELS)}, got "
-                             f"{list(levels)}")
+        self._check_levels(levels, LEVELS)
         self.datasets: dict[str, list] = {}
 
     def _dataset(self, split: str) -> list:
         if split not in self.datasets:
             hp = self.hparams
-            # a YAML / command-line dict arrives with string keys ('1')
-            sizes = {int(k): v for k, v in (hp.sizes or {}).items()}
+            sizes = self._sizes()
             self.datasets[split] = [
                 p for lv in hp.levels
                 for p in expression_pairs(lv, split, seed=hp.seed,
