@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import traceback
@@ -628,16 +629,26 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                                     note=f"failed: {type(err).__name__}: {err}")
                 results.append(result)
             print(format_table(results), flush=True)
+            if args.out:  # after every task, so a stopped run keeps what it measured
+                write_results(args.out, results, args, argv)
     print("\nExamples (test split, first seed):\n" + format_examples(results))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"args": {k: str(v) if isinstance(v, Path) else v
-                            for k, v in vars(args).items()},
-                   "results": [asdict(r) for r in results],
-                   "table": format_table(results)}
-        args.out.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
         print(f"results written to {args.out}")
     return results
+
+
+def write_results(path: Path, results: Sequence[Result], args: argparse.Namespace,
+                  argv: Sequence[str] | None) -> None:
+    """The run as JSON (command, arguments, results, table), written atomically."""
+    from pyg_grapheme.data.curriculum import atomic_write_bytes
+
+    words = sys.argv[1:] if argv is None else list(argv)
+    payload = {"command": shlex.join(["python", "experiments/baseline_seq2seq.py", *words]),
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "results": [asdict(r) for r in results],
+               "table": format_table(results)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, ensure_ascii=False) + "\n").encode())
 
 
 if __name__ == "__main__":

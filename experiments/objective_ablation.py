@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from baseline_seq2seq import build_graph, load_task, train_graph  # noqa: E402
+from baseline_seq2seq import build_graph, load_task, parse_kwargs, train_graph  # noqa: E402
 
 STRUCTURAL = {"loss.alpha": 1.0, "loss.beta": 0.5, "loss.gamma": 2.0}
 OFF = {"segmentation_weight": 0.0}
@@ -89,13 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--budget-s", type=float, default=240)
     ap.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
+    ap.add_argument("--graph-kwargs", default="",
+                    help="added to every objective, 'key=value,...' as in baseline_seq2seq.py "
+                         "(e.g. model.run_positions=32,init_head_prior=False)")
     args = ap.parse_args(argv)
+    extra = parse_kwargs(args.graph_kwargs)
     torch.set_num_threads(1)
     names = [n.strip() for n in args.objectives.split(";") if n.strip()]
     tasks = args.tasks.split(",")
     rows = []
     for name in names:
-        kwargs = OBJECTIVES[name]
+        kwargs = {**OBJECTIVES[name], **extra}
         row = [name]
         if "kindergarten" in tasks:
             with tempfile.TemporaryDirectory() as tmp:

@@ -79,11 +79,13 @@ class GraphTransformNet(nn.Module):
             (default ``0``; :class:`~pyg_grapheme.nn.GatedMessagePassing`).
         run_positions: learned positions of each grapheme inside its run of one
             Unicode category (a digit's place value; :class:`GraphemeEncoder`; default
-            ``0``: none).
+            ``32``; ``0``: none).
         canvas_scale: the normalised canvas enters the decoder's residual stream times
-            this (default ``1``). At ``0.02``, the scale of a pre-LN Transformer's token
-            embeddings, the stream is at first what the decoder reads from the question
-            (cross-attention), not the copied question node (docs/model.md).
+            this (default ``0.02``, the scale of a pre-LN Transformer's token
+            embeddings: the stream is at first what the decoder reads from the question
+            through cross-attention, not the copied question node; docs/model.md).
+            Checkpoints written before these two defaults load with the values they
+            were trained with (``0`` and ``1``; ``GraphemeModule.network_defaults_before``).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -111,8 +113,8 @@ class GraphTransformNet(nn.Module):
         max_input_length: int = 4096,
         block: str = "gps",
         message_gate: float = 0.0,
-        run_positions: int = 0,
-        canvas_scale: float = 1.0,
+        run_positions: int = 32,
+        canvas_scale: float = 0.02,
     ) -> None:
         super().__init__()
         if hidden % heads:

@@ -6,6 +6,7 @@ translation of checkpoints with the old flat hyperparameters, and the head's pri
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import io
 import warnings
@@ -27,6 +28,18 @@ INJECTED = ("model", "loss", "optimizer", "lr_scheduler")
 
 def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def names_class(path: Any, cls: type) -> bool:
+    """Whether the dotted ``path`` (a config's ``class_path``, e.g. the public
+    ``pyg_grapheme.nn.GraphTransformNet``) imports as ``cls``."""
+    if not isinstance(path, str) or "." not in path:
+        return False
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except ImportError:
+        return False
 
 
 def default_config(cls: type) -> dict[str, Any]:
@@ -110,6 +123,10 @@ class InjectedModule(L.LightningModule):
     flat_optimizer: ClassVar[tuple[str, ...]] = ("lr", "betas", "weight_decay")
     #: Old flat hyperparameters that are gone (clipping is the Trainer's gradient_clip_val).
     flat_dropped: ClassVar[tuple[str, ...]] = ("grad_clip",)
+    #: Network arguments whose default changed (or that were added with a default that
+    #: changes behaviour), with the value a checkpoint that does not name them was
+    #: trained with (:meth:`upgrade_hparams`).
+    network_defaults_before: ClassVar[dict[str, Any]] = {}
 
     def _save_hparams(self) -> None:
         """``save_hyperparameters()`` of the caller's ``__init__``, the injected objects
@@ -155,12 +172,21 @@ class InjectedModule(L.LightningModule):
     def upgrade_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
         """Checkpoint hyperparameters in today's form. Old checkpoints stored the
         network's and Adam's arguments flat (``hidden``, ``block``, ``lr``, ...); they
-        become ``model`` / ``optimizer`` configs. Today's form is returned unchanged."""
+        become ``model`` / ``optimizer`` configs. A network config that does not name an
+        argument of :attr:`network_defaults_before` was written before that argument
+        existed or before its default changed: it gets the value it was trained with."""
         net_args = set(inspect.signature(cls.network).parameters)
         if "model" in hparams or not net_args & set(hparams):
-            return dict(hparams)
+            out = dict(hparams)
+            model = out.get("model")
+            if (isinstance(model, dict) and "init_args" in model
+                    and names_class(model.get("class_path"), cls.network)):
+                init_args = {**cls.network_defaults_before, **model["init_args"]}
+                out["model"] = {**model, "init_args": init_args}
+            return out
         flat = dict(hparams)
         model = default_config(cls.network)
+        model["init_args"].update(cls.network_defaults_before)
         model["init_args"].update({k: flat.pop(k) for k in list(flat) if k in net_args})
         adam = {k: flat.pop(k) for k in cls.flat_optimizer if k in flat}
         if "betas" in adam:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -28,7 +29,9 @@ class GraphemeDataModule(L.LightningDataModule):
     Args:
         train_file, val_file, test_file: paths or names (see above).
         batch_size: graphs (pairs) per batch.
-        root: cache folder for processed datasets.
+        root: cache folder for processed datasets; ``None`` (default): ``data_cache``
+            under the ``Trainer``'s ``default_root_dir`` (the working directory when the
+            module is used without a ``Trainer``).
         shuffle: shuffle the training set each epoch.
         predict_texts: questions for ``predict`` (each becomes a text graph).
         num_workers: DataLoader workers.
@@ -44,7 +47,7 @@ class GraphemeDataModule(L.LightningDataModule):
         val_file: str | None = None,
         test_file: str | None = None,
         batch_size: int = 64,
-        root: str = "data_cache",
+        root: str | None = None,
         shuffle: bool = True,
         predict_texts: list[str] | None = None,
         num_workers: int = 0,
@@ -64,8 +67,16 @@ class GraphemeDataModule(L.LightningDataModule):
             return None
         if stage not in self.datasets:
             # A name picks its split (kindergarten has one); a file path is used as is.
-            self.datasets[stage] = resolve_dataset(source, root=hp.root, split=stage)
+            self.datasets[stage] = resolve_dataset(source, root=self.cache_root, split=stage)
         return self.datasets[stage]
+
+    @property
+    def cache_root(self) -> str:
+        """Where processed datasets are cached (see ``root``)."""
+        if self.hparams.root is not None:
+            return self.hparams.root
+        base = self.trainer.default_root_dir if self.trainer is not None else os.getcwd()
+        return os.path.join(base, "data_cache")
 
     def prepare_data(self) -> None:
         # Process (and cache) once, on one process, before DDP ranks read the cache.

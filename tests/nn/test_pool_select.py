@@ -52,3 +52,20 @@ def test_bad_input_is_named():
     # a 0-d count is one graph, as before
     assert forced_merges(torch.tensor([0.3, -1.0, 2.0]), torch.zeros(3, dtype=torch.long),
                          torch.tensor(2)).tolist() == [True, False, True]
+
+
+def test_merge_logit_of_a_bf16_score_of_one_is_finite():
+    """In bfloat16 ``1 - eps`` rounds to 1: the clip must happen in float32, or a score of
+    1 (identical neighbours) gives an infinite logit and a NaN gradient (the cause of
+    NaN under ``precision="bf16-mixed"``)."""
+    from pyg_grapheme.nn.pool.select import clipped_logit, merge_logit
+
+    score = torch.tensor([1.0, 0.5, 0.0], dtype=torch.bfloat16, requires_grad=True)
+    assert torch.isinf(torch.logit(score.detach(), eps=1e-6)[0])  # what went wrong
+    z = merge_logit(score, torch.tensor(0.0))
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    z.sum().backward()
+    assert torch.isfinite(score.grad).all()
+    x = torch.rand(5, dtype=torch.float64)
+    assert clipped_logit(x).dtype == torch.float64  # float32 and float64 unchanged
+    assert torch.equal(clipped_logit(x), torch.logit(x, eps=1e-6))

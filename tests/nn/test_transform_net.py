@@ -191,7 +191,8 @@ def test_canvas_scale_is_a_scaled_canvas_norm():
     batch = Batch.from_data_list([text_to_graph(t) for t in ("12 + 3", "In 475, tens?")])
     scaled = GraphTransformNet(hidden=16, heads=2, max_answer_length=4, canvas_scale=0.02,
                                run_positions=8).eval()
-    plain = GraphTransformNet(hidden=16, heads=2, max_answer_length=4, run_positions=8).eval()
+    plain = GraphTransformNet(hidden=16, heads=2, max_answer_length=4, run_positions=8,
+                              canvas_scale=1.0).eval()
     plain.load_state_dict(scaled.state_dict())
     with torch.no_grad():
         plain.canvas_norm.weight.mul_(0.02)
@@ -199,7 +200,7 @@ def test_canvas_scale_is_a_scaled_canvas_norm():
     a, b = scaled(batch), plain(batch)
     assert torch.allclose(a.canvas_log_probs, b.canvas_log_probs, atol=1e-5)
     same_weights = GraphTransformNet(hidden=16, heads=2, max_answer_length=4,
-                                     run_positions=8).eval()
+                                     run_positions=8, canvas_scale=1.0).eval()
     same_weights.load_state_dict(scaled.state_dict())
     assert not torch.allclose(a.canvas_log_probs, same_weights(batch).canvas_log_probs,
                               atol=1e-3)

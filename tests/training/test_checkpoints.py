@@ -195,7 +195,7 @@ def test_old_flat_checkpoint_is_translated(tmp_path):
     from pyg_grapheme.training import GraphemeModule
 
     small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
-    old = GraphemeModule(GraphTransformNet(**small))
+    old = GraphemeModule(GraphTransformNet(**small, **GraphemeModule.network_defaults_before))
     path = _save(old, tmp_path / "old.ckpt", _old_hparams(**small))
     loaded = GraphemeModule.load_from_checkpoint(path)
     _same_weights(old, loaded)
@@ -239,9 +239,38 @@ def test_checkpoint_of_other_layers_fails_clearly_or_loads(tmp_path):
     from pyg_grapheme.training import GraphemeModule
 
     small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
-    old = GraphemeModule(GraphTransformNet(**small, block="gps"))
+    before = GraphemeModule.network_defaults_before
+    old = GraphemeModule(GraphTransformNet(**small, block="gps", **before))
     path = _save(old, tmp_path / "old.ckpt", _old_hparams(**small))
     _same_weights(old, GraphemeModule.load_from_checkpoint(path))
     with pytest.raises(ValueError, match="holds block='gps'.*load_from_checkpoint"):
         GraphemeModule.load_from_checkpoint(
-            path, model=GraphTransformNet(**small, block="pre_ln"))
+            path, model=GraphTransformNet(**small, block="pre_ln", **before))
+
+
+def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
+    """``run_positions`` and ``canvas_scale`` changed defaults (0 -> 32, 1 -> 0.02). A
+    checkpoint whose network config does not name them (LightningCLI's form, written
+    before they existed; and the old flat form) loads with the values it was trained
+    with: the same weights (no missing run-position table) and the same answers."""
+    from pyg_grapheme.nn import GraphTransformNet
+    from pyg_grapheme.training import GraphemeModule
+
+    small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
+    before = GraphemeModule.network_defaults_before
+    assert before == {"run_positions": 0, "canvas_scale": 1.0}
+    assert GraphTransformNet().canvas_scale != before["canvas_scale"]  # a changed default
+    torch.manual_seed(0)
+    old = GraphemeModule(GraphTransformNet(**small, **before))
+    config = {"class_path": "pyg_grapheme.nn.GraphTransformNet", "init_args": dict(small)}
+    hparams = {**dict(old.hparams), "model": config}
+    for form in (hparams, _old_hparams(**small)):
+        loaded = GraphemeModule.load_from_checkpoint(_save(old, tmp_path / "b.ckpt", form))
+        _same_weights(old, loaded)
+        assert (loaded.model.canvas_scale, loaded.model.encoder.run_positions) == (1.0, 0)
+        old.eval(), loaded.eval()
+        assert loaded.model.generate(["hi", "2+2"]) == old.model.generate(["hi", "2+2"])
+    # a checkpoint that names them keeps what it names
+    named = {**hparams, "model": {**config, "init_args": {**small, "canvas_scale": 0.5}}}
+    loaded = GraphemeModule.load_from_checkpoint(_save(old, tmp_path / "n.ckpt", named))
+    assert loaded.model.canvas_scale == 0.5

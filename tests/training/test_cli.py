@@ -30,7 +30,7 @@ def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     rc, out, err = cli("fit", "--config", ROOT / "experiments" / "kindergarten.yaml",
                        "--trainer.max_epochs", 3, "--trainer.check_val_every_n_epoch", 1,
-                       "--trainer.default_root_dir", "out", "--data.root", "cache",
+                       "--trainer.default_root_dir", "out",
                        "--model.model.hidden", 32, "--model.model.heads", 2, cwd=tmp)
     assert rc == 0, err[-3000:]
     return tmp / "out", out
@@ -49,11 +49,12 @@ def test_fit_writes_logs_checkpoints_plot_and_table(fitted):
 
 
 def test_default_root_dir_holds_everything(fitted):
-    """Logs, checkpoints, plot, answer table and config all land under
-    ``--trainer.default_root_dir`` (the YAML's ``runs/kindergarten`` is not used)."""
+    """Logs, checkpoints, plot, answer table, config and the dataset cache all land
+    under ``--trainer.default_root_dir`` (the YAML's ``runs/kindergarten`` is not used)."""
     root, _ = fitted
     cwd = root.parent
-    assert sorted(p.name for p in cwd.iterdir()) == ["cache", "out"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
+    assert any((root / "data_cache").rglob("*.pt"))
     version = root / "logs" / "version_0"
     for name in ("metrics.csv", "curves.png", "answers.md", "config.yaml",
                  "checkpoints/last.ckpt"):
@@ -73,6 +74,10 @@ def test_cli_checkpoint_loads_its_injected_network(fitted):
     hparams = ckpt["hyper_parameters"]
     assert hparams["model"]["class_path"] == "pyg_grapheme.nn.GraphTransformNet"
     assert hparams["optimizer"]["class_path"] == "torch.optim.Adam"
+    # every network argument is recorded, defaults too: a checkpoint that does not name
+    # one predates it (GraphemeModule.network_defaults_before)
+    init_args = hparams["model"]["init_args"]
+    assert (init_args["canvas_scale"], init_args["run_positions"]) == (0.02, 32)
     assert "grad_clip" not in hparams and "hidden" not in hparams
     module = GraphemeModule.load_from_checkpoint(ckpt_path, weights_only=True)
     assert isinstance(module.model, GraphTransformNet) and module.model.hidden == 32
@@ -408,7 +413,7 @@ def test_old_flat_checkpoint_through_the_cli(tmp_path, capsys):
     from pyg_grapheme.training import GraphemeModule
 
     small = {"hidden": 16, "heads": 2, "max_answer_length": 16}
-    old = GraphemeModule(GraphTransformNet(**small))
+    old = GraphemeModule(GraphTransformNet(**small, **GraphemeModule.network_defaults_before))
     flat = {**small, "lr": 0.01, "betas": (0.9, 0.98), "grad_clip": 0.25, "alpha": 0.0,
             "beta": 0.0, "gamma": 0.0, "reg": 0.05, "ce_weight": 0.0}
     path = tmp_path / "old.ckpt"

@@ -28,6 +28,7 @@ from pyg_grapheme.nn.pool.quotient import Quotient, quotient
 from pyg_grapheme.nn.pool.select import (
     SCORE_NORM,
     SIMILARITY,
+    clipped_logit,
     edge_similarity,
     forced_merges,
     merge_logit,
@@ -428,7 +429,7 @@ class ThresholdMergePool(torch.nn.Module):
         score = edge_similarity(h, edge_index, self.similarity)
         if self.score_norm == "none":
             return score, merge_logit(score, self.theta, self.tau, self.eps)
-        logit = torch.logit(score, eps=self.eps)
+        logit = clipped_logit(score, self.eps)
         edge_batch = (edge_index.new_zeros(edge_index.size(1)) if batch is None
                       else batch.index_select(0, edge_index[0]))
         z = standardize_per_graph(logit, edge_batch, max(x.size(0), 1)) - self.theta

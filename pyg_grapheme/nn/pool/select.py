@@ -99,8 +99,16 @@ def merge_logit(score: Tensor, theta: Tensor, tau: float = 1.0, eps: float = 1e-
     so :math:`p_e = \sigma(z_e)` and :math:`z_e > 0 \iff s_e > \sigma(\theta)`
     (inside the clip). Taking the margin in logit space keeps :math:`p_e` from
     saturating when the threshold nears 1, where near-duplicate features sit."""
-    z = torch.logit(score, eps=eps) - theta
+    z = clipped_logit(score, eps) - theta
     return z if tau == 1.0 else z / tau
+
+
+def clipped_logit(score: Tensor, eps: float = 1e-6) -> Tensor:
+    r""":math:`\mathrm{logit}(\mathrm{clip}(s, \epsilon, 1 - \epsilon))` in at least
+    float32: in bfloat16 or float16 :math:`1 - 10^{-6}` rounds to 1, and the logit of a
+    score of 1 (near-identical neighbours, common at the start of training) is infinite,
+    its gradient NaN (measured under ``precision="bf16-mixed"``)."""
+    return torch.logit(score.to(torch.promote_types(score.dtype, torch.float32)), eps=eps)
 
 
 def standardize_per_graph(
