@@ -4,9 +4,11 @@ residual stream (:class:`GatedMessagePassing`, :class:`PreNormGraphBlock`)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GPSConv
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.typing import Adj
+from torch_geometric.utils import cumsum, scatter, to_dense_batch
 
 from pyg_grapheme.nn.dag_conv import DAGConv
 
@@ -99,20 +101,92 @@ class PreNormGraphBlock(nn.Module):
         self.local.reset_parameters()
         reset_transformer_layer(self.attn)
 
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, *,
+                batch_size: int | None = None, max_num_nodes: int | None = None) -> Tensor:
+        """``batch_size`` and ``max_num_nodes`` (graphs, nodes of the largest graph) size
+        the dense attention batch; given, nothing here reads a size from the data (no
+        host sync, no :func:`torch.compile` graph break)."""
         x = self.local(x, edge_index)
-        dense, mask = to_dense_batch(x, batch)
-        return self.attn(dense, src_key_padding_mask=~mask)[mask]
+        if batch_size is None or max_num_nodes is None:
+            dense, mask = to_dense_batch(x, batch)
+            return self.attn(dense, src_key_padding_mask=~mask)[mask]
+        dense, mask = to_dense_batch(x, batch, batch_size=batch_size,
+                                     max_num_nodes=max_num_nodes)
+        out = self.attn(dense, src_key_padding_mask=~mask)
+        return from_dense_batch(out, batch, batch_size, max_num_nodes)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, heads={self.heads})"
 
 
+def from_dense_batch(dense: Tensor, batch: Tensor, batch_size: int, max_num_nodes: int
+                     ) -> Tensor:
+    r"""The inverse of :func:`~torch_geometric.utils.to_dense_batch`: the rows of
+    ``dense`` ``[batch_size, max_num_nodes, *]`` that hold nodes, ``[N, *]``, in node order.
+
+    ``dense[mask]`` selects the same rows, but a boolean mask has a data-dependent
+    number of rows (a :func:`torch.compile` graph break); here the node count is ``N``,
+    a shape. Node ``i`` of graph ``g`` sits at row ``g * max_num_nodes + i - ptr[g]``
+    (nodes of a graph contiguous, PyG's layout)."""
+    sizes = scatter(torch.ones_like(batch), batch, 0, batch_size, reduce="sum")
+    index = (batch * max_num_nodes + torch.arange(batch.numel(), device=batch.device)
+             - cumsum(sizes).index_select(0, batch))
+    return dense.reshape(batch_size * max_num_nodes, *dense.shape[2:]).index_select(0, index)
+
+
+class SizedGPSConv(GPSConv):
+    r""":class:`~torch_geometric.nn.conv.GPSConv` (Rampasek et al., *Recipe for a General,
+    Powerful, Scalable Graph Transformer*, NeurIPS 2022) whose dense attention batch can
+    take its sizes from the caller: with ``batch_size`` and ``max_num_nodes`` given, the
+    layer reads no size from the data (PyG's forward calls
+    :func:`~torch_geometric.utils.to_dense_batch` without them, two host syncs, and
+    selects the nodes back with a boolean mask: three :func:`torch.compile` graph breaks
+    a layer). The same parameters and the same result, bit for bit; without the sizes
+    it is PyG's forward.
+
+    Shapes:
+        - **input:** ``x`` ``[N, channels]``, ``edge_index`` ``[2, E]``, ``batch``
+          ``[N]`` (nodes of a graph contiguous)
+        - **output:** ``[N, channels]``
+    """
+
+    def forward(  # adds keyword-only sizes to GPSConv.forward
+        self, x: Tensor, edge_index: Adj, batch: Tensor | None = None, *,
+        batch_size: int | None = None, max_num_nodes: int | None = None, **kwargs,
+    ) -> Tensor:
+        if (batch is None or batch_size is None or max_num_nodes is None
+                or not isinstance(self.attn, nn.MultiheadAttention)):
+            return super().forward(x, edge_index, batch, **kwargs)
+        # GPSConv.forward (PyG 2.8) with the sizes passed on; keep the two in step.
+        hs = []
+        if self.conv is not None:  # local message passing
+            h = self.conv(x, edge_index, **kwargs)
+            h = F.dropout(h, p=self.dropout, training=self.training)
+            h = h + x
+            if self.norm1 is not None:
+                h = self.norm1(h, batch=batch) if self.norm_with_batch else self.norm1(h)
+            hs.append(h)
+        h, mask = to_dense_batch(x, batch, batch_size=batch_size, max_num_nodes=max_num_nodes)
+        h, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        h = from_dense_batch(h, batch, batch_size, max_num_nodes)
+        h = F.dropout(h, p=self.dropout, training=self.training)
+        h = h + x
+        if self.norm2 is not None:
+            h = self.norm2(h, batch=batch) if self.norm_with_batch else self.norm2(h)
+        hs.append(h)
+        out = sum(hs)
+        out = out + self.mlp(out)
+        if self.norm3 is not None:
+            out = self.norm3(out, batch=batch) if self.norm_with_batch else self.norm3(out)
+        return out
+
+
 def gps_layer(channels: int, heads: int, dropout: float = 0.0) -> GPSConv:
     """PyG's :class:`~torch_geometric.nn.conv.GPSConv` around a :class:`DAGConv`: local
-    reading-order messages in parallel with self-attention over each graph (post-LN)."""
-    return GPSConv(channels, DAGConv(channels), heads=heads, dropout=dropout, act="gelu",
-                   norm="layer_norm", norm_kwargs={"mode": "node"})
+    reading-order messages in parallel with self-attention over each graph (post-LN);
+    a :class:`SizedGPSConv`, so callers that know the sizes can pass them."""
+    return SizedGPSConv(channels, DAGConv(channels), heads=heads, dropout=dropout,
+                        act="gelu", norm="layer_norm", norm_kwargs={"mode": "node"})
 
 
 def reading_order(batch) -> tuple[Tensor, int, Tensor]:

@@ -15,11 +15,15 @@ def node_positions(num_nodes: int, batch: Tensor | None, ptr: Tensor | None = No
     """Reading-order position of every node inside its own graph (``long [N]``).
 
     Relies on the layout :func:`~pyg_grapheme.text_to_graph` produces and PyG keeps when
-    batching: the nodes of a graph are stored contiguously in reading order.
+    batching: the nodes of a graph are stored contiguously in reading order. ``ptr``
+    (``[B + 1]``, first node of each graph, :attr:`Batch.ptr
+    <torch_geometric.data.Batch.ptr>`) spares the search for each graph's first node.
     """
     idx = torch.arange(num_nodes, device=batch.device if batch is not None else None)
     if batch is None or num_nodes == 0:
         return idx
+    if ptr is not None:  # PyG's pointers: no size read from the data (no host sync)
+        return idx - ptr.index_select(0, batch)
     # First node of each graph: the running minimum of idx over the graph's nodes.
     first = torch.full((int(batch.max()) + 1,), num_nodes, dtype=torch.long, device=idx.device)
     first = first.scatter_reduce(0, batch, idx, reduce="amin")
@@ -75,17 +79,19 @@ def run_positions(category: Tensor, batch: Tensor | None) -> tuple[Tensor, Tenso
     if n == 0:
         empty = category.new_zeros(0)
         return empty, empty
-    new = torch.ones(n, dtype=torch.bool, device=category.device)
     same = category[1:] == category[:-1]
     if batch is not None:
         same = same & (batch[1:] == batch[:-1])
+    new = torch.ones(n, dtype=torch.bool, device=category.device)  # first of its run
     new[1:] = ~same
-    run = torch.cumsum(new.long(), 0) - 1
+    last = torch.ones(n, dtype=torch.bool, device=category.device)  # last of its run
+    last[:-1] = ~same
     idx = torch.arange(n, device=category.device)
-    start = idx[new]
-    length = torch.bincount(run, minlength=start.numel())
-    from_start = idx - start[run]
-    return from_start, length[run] - 1 - from_start
+    # A running max of the run starts seen so far (and a running min of the ends, read
+    # backwards): static shapes, where gathering the starts by a mask would not be.
+    start = torch.where(new, idx, 0).cummax(0).values
+    end = torch.where(last, idx, n - 1).flip(0).cummin(0).values.flip(0)
+    return idx - start, end - idx
 
 
 class GraphemeEncoder(nn.Module):
@@ -163,7 +169,22 @@ class GraphemeEncoder(nn.Module):
         return torch.where(cp >= 0, self.category_table[cp.clamp(min=0)].long(),
                            torch.zeros_like(cp))
 
-    def forward(self, x: Tensor, batch: Tensor | None = None) -> Tensor:
+    def check_length(self, longest: int, stacklevel: int = 2) -> None:
+        """Warn (once) if a text of ``longest`` graphemes runs past the position table:
+        its later positions share the last learned one."""
+        if longest > self.max_positions and not self._warned:
+            warnings.warn(
+                f"a text has more than max_positions={self.max_positions} graphemes: "
+                "later positions share the last learned position", stacklevel=stacklevel)
+            self._warned = True
+
+    def forward(self, x: Tensor, batch: Tensor | None = None, ptr: Tensor | None = None
+                ) -> Tensor:
+        """With ``ptr`` (``[B + 1]``, PyG's pointers of ``batch``) the forward reads no
+        value from the data (no host sync: it compiles without a graph break) and
+        positions past the table are clamped without a word: the caller, who knows the
+        longest text, warns with :meth:`check_length`
+        (:class:`~pyg_grapheme.nn.GraphTransformNet` does)."""
         if x.dim() != 2 or x.size(1) != GRAPHEME_WIDTH:
             raise ValueError(
                 f"GraphemeEncoder expects byte slots of shape [N, {GRAPHEME_WIDTH}], "
@@ -172,13 +193,11 @@ class GraphemeEncoder(nn.Module):
         x = x.long()
         present = (x != 0).to(self.slot_emb.dtype)  # the end marker adds nothing
         h = (self.byte_emb(x) * present.unsqueeze(-1)).sum(1) + present @ self.slot_emb
-        pos = node_positions(x.size(0), batch)
-        if pos.numel() and int(pos.max()) >= self.max_positions:
-            if not self._warned:
-                warnings.warn(
-                    f"a text has more than max_positions={self.max_positions} graphemes: "
-                    "later positions share the last learned position", stacklevel=2)
-                self._warned = True
+        pos = node_positions(x.size(0), batch, ptr)
+        if ptr is not None:
+            pos = pos.clamp(max=self.max_positions - 1)  # the identity inside the table
+        elif pos.numel() and int(pos.max()) >= self.max_positions:
+            self.check_length(int(pos.max()) + 1, stacklevel=3)
             pos = pos.clamp(max=self.max_positions - 1)
         h = h + self.pos_emb(pos)
         if self.run_positions:

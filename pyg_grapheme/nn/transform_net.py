@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.utils import cumsum, to_dense_batch
+from torch_geometric.utils import cumsum, degree, to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.nn.blocks import (
@@ -187,7 +187,11 @@ class GraphTransformNet(nn.Module):
         x = batch.x
         n = x.size(0)
         vec, num_graphs, chain = reading_order(batch)
-        sizes = torch.bincount(vec, minlength=num_graphs)
+        sizes = degree(vec, num_graphs, dtype=torch.long)
+        ptr = cumsum(sizes)
+        # The one size read from the data before the pool (a host sync, a torch.compile
+        # graph break): the longest question, to which the dense attention pads them all.
+        # Read once here and passed down; every other size is a shape.
         longest = int(sizes.max()) if n else 0
         if longest > self.max_input_length:
             raise ValueError(
@@ -195,10 +199,11 @@ class GraphTransformNet(nn.Module):
                 f"{self.max_input_length} (memory grows as its square); split the text "
                 "or raise max_input_length"
             )
+        self.encoder.check_length(longest)
 
-        h = self.encoder(x, vec)
+        h = self.encoder(x, vec, ptr)
         for conv in self.enc:
-            h = conv(h, chain, vec)
+            h = conv(h, chain, vec, batch_size=num_graphs, max_num_nodes=longest)
         h = self.enc_norm(h)
 
         # The canvas: T slots per question, contiguous per graph, in chain order.
@@ -207,7 +212,6 @@ class GraphTransformNet(nn.Module):
         # Slot k starts as a copy of question node floor(k n / T) (the uniform copy of
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
-        ptr = cumsum(sizes)
         k = torch.arange(T, device=x.device).repeat(num_graphs)
         src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
         empty = sizes[cvec] == 0
@@ -215,8 +219,8 @@ class GraphTransformNet(nn.Module):
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
         if self.canvas_scale != 1.0:
             c = c * self.canvas_scale
-        cchain = chain_edges(cvec)
-        mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs)
+        cchain = canvas_chain(num_graphs, T, x.device)
+        mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs, max_num_nodes=longest)
         for local, layer in zip(self.local, self.dec, strict=True):
             c = local(c, cchain)
             # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
@@ -232,8 +236,9 @@ class GraphTransformNet(nn.Module):
         first = first.scatter_reduce(0, out.cluster, torch.arange(c.size(0), device=x.device),
                                      reduce="amin")
         logits = log_probs[first]
-        counts = torch.bincount(out.batch, minlength=num_graphs)
-        pred = Batch(
+        counts = degree(out.batch, num_graphs, dtype=torch.long)
+        return _output_batch(
+            num_graphs,
             x=logits.softmax(dim=-1),
             logits=logits,
             edge_index=out.edge_index,
@@ -249,8 +254,6 @@ class GraphTransformNet(nn.Module):
             canvas_log_probs=log_probs,
             canvas_batch=cvec,
         )
-        pred._num_graphs = num_graphs
-        return pred
 
     @torch.no_grad()
     def generate(self, texts: str | Sequence[str]) -> str | list[str]:
@@ -276,6 +279,26 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
+
+
+@torch.compiler.disable
+def _output_batch(num_graphs: int, **fields: Tensor) -> Batch:
+    """The model's output container, built outside :mod:`torch._dynamo`: PyG's ``Batch``
+    creates its class in a metaclass call that dynamo traces wrongly (the compiled model
+    returned a ``Batch`` without its fields). Called last, after every tensor operation,
+    it splits no graph."""
+    pred = Batch(**fields)
+    pred._num_graphs = num_graphs
+    return pred
+
+
+def canvas_chain(num_graphs: int, length: int, device: torch.device | None = None) -> Tensor:
+    """:func:`chain_edges` of ``num_graphs`` chains of ``length`` nodes each, from the
+    sizes alone (no mask over the batch vector: static shapes under compile)."""
+    src = torch.arange(length - 1, device=device) + length * torch.arange(
+        num_graphs, device=device).unsqueeze(1)
+    src = src.reshape(-1)
+    return torch.stack([src, src + 1])
 
 
 def chain_edges(batch: Tensor) -> Tensor:
