@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -14,6 +14,7 @@ from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from pyg_grapheme.data.curriculum import DEFAULT_SIZES, LEVELS
+from pyg_grapheme.data.dag import decode_dag
 from pyg_grapheme.data.expression import (
     expression_pairs,
     graph_exact_match,
@@ -27,12 +28,45 @@ from pyg_grapheme.nn.expression_net import ExpressionNet, hard_graphs
 from pyg_grapheme.nn.head import one_hot_bytes
 from pyg_grapheme.training.base import InjectedModule
 
-__all__ = ["ExpressionDataModule", "ExpressionModule", "score_expressions"]
+__all__ = ["DECODERS", "ExpressionDataModule", "ExpressionModule", "binarize_penalty",
+           "score_expressions"]
+
+#: Graph -> text decoders by name: expression trees to Polish notation, port DAGs to
+#: canonical DAG text (:func:`~pyg_grapheme.data.dag.decode_dag`).
+DECODERS: dict[str, Callable[[list[str], Tensor], str]] = {
+    "tree": tree_to_polish, "dag": decode_dag,
+}
 
 
-def score_expressions(pred: Batch, targets: Batch) -> tuple[list[bool], list[str]]:
+def _check_decoder(decoder: str) -> Callable[[list[str], Tensor], str]:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {decoder!r}")
+    return DECODERS[decoder]
+
+
+def binarize_penalty(keep: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    r"""Binarisation penalty of the keep gates: :math:`\frac1B \sum_g \sum_{i \in g}
+    k_i (1 - k_i)`, 0 exactly when every gate is 0 or 1 (the Bernoulli variance of each
+    gate; a concave penalty, so it also breaks a symmetric split of one node's mass
+    over several gates).
+
+    Args:
+        keep: ``[C]`` keep probabilities in [0, 1]. batch: ``[C]`` graph of each node.
+        num_graphs: ``B``.
+
+    Returns:
+        A scalar.
+    """
+    per_graph = keep.new_zeros(num_graphs).index_add_(0, batch, keep * (1 - keep))
+    return per_graph.mean() if num_graphs else per_graph.sum()
+
+
+def score_expressions(pred: Batch, targets: Batch,
+                      decoder: str = "tree") -> tuple[list[bool], list[str]]:
     """Per pair: whether the hard predicted graph equals the target graph (labels and
-    edges, up to renumbering), and the predicted graph decoded to Polish notation."""
+    edges, up to renumbering), and the predicted graph decoded to text (``decoder``:
+    ``"tree"`` Polish notation, ``"dag"`` canonical DAG text)."""
+    decode = _check_decoder(decoder)
     exact, texts = [], []
     tgt_batch = targets.batch.cpu()
     tgt_edges = targets.edge_index.cpu()
@@ -43,7 +77,7 @@ def score_expressions(pred: Batch, targets: Batch) -> tuple[list[bool], list[str
         t_labels = node_labels(targets.x[tgt_batch == g].cpu())
         t_edges = tgt_edges[:, ebatch == g] - ptr[g]
         exact.append(graph_exact_match(labels, edges, t_labels, t_edges))
-        texts.append(tree_to_polish(labels, edges) if labels else "")
+        texts.append(decode(labels, edges) if labels else "")
     return exact, texts
 
 
@@ -54,6 +88,7 @@ class ExpressionModule(InjectedModule):
     .. math::
         \mathcal L = \mathrm{structural\_loss}_{\alpha,\beta,\gamma}\big(f_\theta(G_{in}),
             \mathrm{onehot}(T)\big) \;[+\; \lambda_{ce}\, \mathrm{CE}_{plan}]
+            \;[+\; \lambda_{bin} \textstyle\sum_i k_i (1 - k_i)]
 
     The target :math:`T` is the tree of :mod:`pyg_grapheme.data.expression` (argument
     order as order edges); predicted node masses are the keep gates, edges the
@@ -80,6 +115,22 @@ class ExpressionModule(InjectedModule):
             (measured: the edge term stuck at exactly 3.0 or 6.0 of 6 target edges on
             level 2). With the labels learnt first the plan is sharp when edges start.
         ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
+        integral_mass: the loss compares the hard graph's nodes: each node's mass is its
+            keep gate rounded (1 when :math:`k_i > 0.5`), with the straight-through
+            gradient (``structural_loss(integral_mass=True)``). With fractional masses
+            three pooled nodes of keep 1/3 stand for one target node at loss 0, though at
+            inference none of them exists (measured on the DAG task, docs/expression.md).
+        integral_mass_after: with ``integral_mass``, fractional masses until this global
+            step, integral from it on (0: from the start). Measured: integral from the
+            start, the node set flickers while the labels are unlearnt and the edge term
+            froze every edge at 0 once ``beta`` came on (docs/expression.md).
+        binarize_weight: :math:`\lambda_{bin}`, weight of the binarisation penalty
+            :math:`\sum_i k_i (1 - k_i)` per graph (mean over graphs), which is 0 only for
+            keep gates at 0 or 1 (0: off).
+        decoder: how a hard graph becomes text for ``val_text_exact_match`` and
+            ``predict``: ``"tree"`` (Polish notation, :func:`tree_to_polish`) or
+            ``"dag"`` (canonical DAG text, :func:`~pyg_grapheme.data.dag.decode_dag`;
+            experiments/dag.yaml).
         optimizer: ``parameters -> Optimizer`` (default Adam, lr 1e-3).
         lr_scheduler: ``optimizer -> LRScheduler``, stepped every epoch (``None``: none).
         init_head_prior: before training from scratch, set the byte head's output bias to
@@ -104,12 +155,21 @@ class ExpressionModule(InjectedModule):
         node_cost: str = "nll",
         indel_cost: float | None = None,
         ce_weight: float = 0.0,
+        integral_mass: bool = False,
+        integral_mass_after: int = 0,
+        binarize_weight: float = 0.0,
+        decoder: str = "tree",
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         init_head_prior: bool = True,
         num_examples: int = 3,
     ) -> None:
         super().__init__()
+        _check_decoder(decoder)
+        if integral_mass_after < 0:
+            raise ValueError(f"integral_mass_after must be >= 0, got {integral_mass_after}")
+        if binarize_weight < 0:
+            raise ValueError(f"binarize_weight must be >= 0, got {binarize_weight}")
         self._save_hparams()
         self.model = ExpressionNet() if model is None else model
         self.optimizer = optimizer
@@ -129,7 +189,7 @@ class ExpressionModule(InjectedModule):
             pred, one_hot_bytes(targets), alpha=hp.alpha, beta=0.0 if warm else hp.beta,
             gamma=hp.gamma,
             reg=hp.reg, node_cost=hp.node_cost, indel_cost=hp.indel_cost,
-            return_components=True,
+            integral_mass=self._integral(), return_components=True,
         )
         log = dict(batch_size=n, on_step=False, on_epoch=True)
         total = loss
@@ -141,6 +201,10 @@ class ExpressionModule(InjectedModule):
             ce = parts["plan_cross_entropy"](pred.logits, target_x)
             self.log(f"{stage}_cross_entropy", ce, **log)
             total = total + hp.ce_weight * ce
+        if hp.get("binarize_weight", 0.0) > 0:
+            split = binarize_penalty(pred.keep, pred.batch, n)
+            self.log(f"{stage}_binarize", split, **log)
+            total = total + hp.binarize_weight * split
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
         self.log(f"{stage}_loss", total, prog_bar=True, **log)
@@ -150,6 +214,11 @@ class ExpressionModule(InjectedModule):
         self.log(f"{stage}_node_count_error", (kept - tgt).abs().mean(), **log)
         self.log(f"{stage}_merge_fraction", pred.merged.float().mean(), **log)
         return total, pred, inputs, targets
+
+    def _integral(self) -> bool:
+        hp = self.hparams
+        return bool(hp.get("integral_mass", False)) and (
+            self.global_step >= hp.get("integral_mass_after", 0))
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.hparams.init_head_prior:
@@ -166,7 +235,7 @@ class ExpressionModule(InjectedModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         _, pred, inputs, targets = self._step(batch, stage)
-        exact, texts = score_expressions(pred, targets)
+        exact, texts = score_expressions(pred, targets, self.hparams.get("decoder", "tree"))
         questions = graphs_to_texts(inputs)
         graph_ok = torch.tensor(exact, dtype=torch.float)
         text_ok = torch.tensor([a == q for a, q in zip(texts, questions, strict=True)],
@@ -201,8 +270,8 @@ class ExpressionModule(InjectedModule):
     def predict_step(self, batch, batch_idx: int) -> list[str]:
         inputs = split_pair_batch(batch)[0] if "x_s" in batch else batch
         pred = self.model(inputs)
-        return [tree_to_polish(node_labels(c), e) if c.numel() else ""
-                for c, e in hard_graphs(pred)]
+        decode = _check_decoder(self.hparams.get("decoder", "tree"))
+        return [decode(node_labels(c), e) if c.numel() else "" for c, e in hard_graphs(pred)]
 
 
 class PairGraphDataModule(L.LightningDataModule):

@@ -1,0 +1,122 @@
+"""ExpressionModule's hard-graph options (integral masses, the binarisation penalty) and
+its decoders (trees, DAGs: predict with experiments/dag.yaml decodes DAG text)."""
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+
+from pyg_grapheme.data.dag import dag_pairs
+from pyg_grapheme.data.expression import expression_pairs
+from pyg_grapheme.data.graphemes import graphs_to_texts, text_to_graph
+from pyg_grapheme.data.pair import FOLLOW_BATCH, split_pair_batch
+from pyg_grapheme.nn import ExpressionNet
+from pyg_grapheme.nn.edge_head import all_pairs
+from pyg_grapheme.nn.head import one_hot_bytes
+from pyg_grapheme.training.expression_module import (
+    ExpressionModule,
+    binarize_penalty,
+    score_expressions,
+)
+
+
+def _batch(pairs):
+    return next(iter(DataLoader(pairs, batch_size=len(pairs), follow_batch=FOLLOW_BATCH)))
+
+
+def _perfect(targets: Batch) -> Batch:
+    """The targets as a prediction (keep 1, every ordered pair scored 0/1)."""
+    pairs = all_pairs(targets.batch)
+    edges = set(map(tuple, targets.edge_index.t().tolist()))
+    weight = torch.tensor([float(tuple(p) in edges) for p in pairs.t().tolist()])
+    pred = Batch(x=one_hot_bytes(targets).x, keep=torch.ones(targets.num_nodes),
+                 edge_index=pairs, edge_weight=weight, batch=targets.batch)
+    pred._num_graphs = targets.num_graphs
+    return pred
+
+
+class _Oracle(nn.Module):
+    """Answers each question with its target graph (looked up by the question text)."""
+
+    def __init__(self, pairs) -> None:
+        super().__init__()
+        self.targets = {}
+        for p in pairs:
+            inputs, target = split_pair_batch(_batch([p]))
+            self.targets[graphs_to_texts(inputs)[0]] = Data(
+                x=target.x, edge_index=target.edge_index, num_nodes=target.num_nodes)
+
+    def forward(self, inputs: Batch) -> Batch:
+        targets = Batch.from_data_list(
+            [self.targets[q] for q in graphs_to_texts(inputs)])
+        return _perfect(targets)
+
+
+def test_binarize_penalty_values_and_gradcheck_float64():
+    keep = torch.tensor([0.0, 1.0, 0.5, 0.2, 0.9], dtype=torch.float64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    assert binarize_penalty(keep, batch, 2).item() == pytest.approx((0.25 + 0.16 + 0.09) / 2)
+    assert binarize_penalty(keep[:2], batch[:2], 1).item() == 0.0
+    k = torch.tensor([0.1, 0.33, 0.6, 0.8], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x: binarize_penalty(x, torch.tensor([0, 0, 0, 1]), 2), (k,))
+
+
+def test_a_split_is_unstable_under_the_penalty():
+    """Concave: of two gates sharing a node's mass, the larger one is pushed down less."""
+    k = torch.tensor([0.34, 0.33, 0.33], requires_grad=True)
+    binarize_penalty(k, torch.zeros(3, dtype=torch.long), 1).backward()
+    assert k.grad[0] < k.grad[1] == k.grad[2]
+
+
+def test_dag_decoder_scores_and_predicts_dag_text():
+    pairs = dag_pairs(1, "val", sizes=(0, 4, 0)) + dag_pairs(2, "val", sizes=(0, 4, 0))
+    inputs, targets = split_pair_batch(_batch(pairs))
+    questions = graphs_to_texts(inputs)
+    exact, texts = score_expressions(_perfect(targets), targets, decoder="dag")
+    assert exact == [True] * 8 and texts == questions
+    # trees decode a DAG to something else: the decoder matters
+    assert score_expressions(_perfect(targets), targets)[1] != questions
+    module = ExpressionModule(_Oracle(pairs), decoder="dag")
+    batch = Batch.from_data_list([text_to_graph(q) for q in questions])
+    assert module.predict_step(batch, 0) == questions
+    assert ExpressionModule(_Oracle(pairs)).predict_step(batch, 0) != questions
+
+
+def test_bad_options_raise_naming_them():
+    with pytest.raises(ValueError, match="decoder"):
+        ExpressionModule(decoder="graph")
+    with pytest.raises(ValueError, match="binarize_weight"):
+        ExpressionModule(binarize_weight=-1.0)
+    with pytest.raises(ValueError, match="integral_mass_after"):
+        ExpressionModule(integral_mass_after=-1)
+    with pytest.raises(ValueError, match="decoder"):
+        score_expressions(None, None, decoder="graph")
+
+
+class _Trainer:
+    def __init__(self, step: int) -> None:
+        self.global_step = step
+
+
+@pytest.mark.parametrize("integral", [False, True])
+def test_training_step_with_the_options_is_finite(integral, monkeypatch):
+    torch.manual_seed(0)
+    module = ExpressionModule(ExpressionNet(hidden=16, heads=2), beta=0.3,
+                              integral_mass=integral, integral_mass_after=2,
+                              binarize_weight=0.5)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, v))
+    batch = _batch(expression_pairs(1, "train", sizes=(8, 0, 0)))
+    for step in (0, 5):
+        monkeypatch.setattr(type(module), "global_step", property(lambda self, s=step: s))
+        assert module._integral() == (integral and step >= 2)
+        loss = module.training_step(batch, 0)
+        assert torch.isfinite(loss)
+        module.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+        assert module.model.keep.weight.grad.abs().sum() > 0
+        assert float(logged["train_binarize"].detach()) > 0
