@@ -120,3 +120,25 @@ def test_training_step_with_the_options_is_finite(integral, monkeypatch):
         assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
         assert module.model.keep.weight.grad.abs().sum() > 0
         assert float(logged["train_binarize"].detach()) > 0
+
+
+def test_edge_head_natural_gradient_keeps_values_and_revives_saturated_edges():
+    from pyg_grapheme.nn import EdgeHead
+
+    torch.manual_seed(0)
+    x, batch = torch.randn(5, 8), torch.tensor([0, 0, 0, 1, 1])
+    plain, natural = EdgeHead(8, bias_init=-30.0), EdgeHead(8, bias_init=-30.0,
+                                                            natural_gradient=True)
+    natural.load_state_dict(plain.state_dict())
+    assert "natural_gradient=True" in repr(natural)
+    up = torch.linspace(-1.0, 1.0, 8)  # dL/dw per pair
+    grads = []
+    for head in (plain, natural):
+        out = head(x, batch)
+        assert out.edge_weight.shape == (8,) and float(out.edge_weight.max()) < 1e-12
+        (out.edge_weight * up).sum().backward()
+        grads.append(head.out.bias.grad.item())
+    a, b = plain(x, batch), natural(x, batch)
+    assert torch.equal(a.edge_weight, b.edge_weight)
+    assert abs(grads[0]) < 1e-10  # the sigmoid has saturated
+    assert grads[1] == pytest.approx(float(up.sum()))  # dL/ds = dL/dw, summed into c
