@@ -1,6 +1,8 @@
 """ExpressionModule's hard-graph options (integral masses, the binarisation penalty) and
 its decoders (trees, DAGs: predict with experiments/dag.yaml decodes DAG text)."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,19 @@ def test_edge_head_natural_gradient_keeps_values_and_revives_saturated_edges():
     assert torch.equal(a.edge_weight, b.edge_weight)
     assert abs(grads[0]) < 1e-10  # the sigmoid has saturated
     assert grads[1] == pytest.approx(float(up.sum()))  # dL/ds = dL/dw, summed into c
+
+
+@pytest.mark.parametrize("warn", [False, True])
+def test_unconverged_solves_are_logged_and_warn_only_when_asked(warn, monkeypatch):
+    torch.manual_seed(0)
+    module = ExpressionModule(ExpressionNet(hidden=16, heads=2), warn_unconverged=warn,
+                              reg=0.01)  # a small reg leaves some pairs unconverged
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, v))
+    batch = _batch(expression_pairs(2, "train", sizes=(16, 0, 0)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.training_step(batch, 0)
+    fraction = float(logged["train_fgw_unconverged"])
+    assert fraction > 0
+    assert any("did not converge" in str(w.message) for w in caught) == warn
