@@ -96,9 +96,11 @@ class EdgeHead(nn.Module):
             :math:`w_{ij}(1 - w_{ij})\,\partial\mathcal L/\partial w_{ij}` (values
             unchanged). It is the natural gradient of the Bernoulli edge in its logit
             (Fisher information :math:`w(1-w)`; Amari 1998): an edge pushed to
-            :math:`w \approx 0` while a loss's matching is still diffuse gets its
-            gradient back once the matching says it is an edge, where the sigmoid's
-            would be :math:`\approx 0` (measured on the DAG task, docs/expression.md).
+            :math:`w \approx 0` keeps a gradient where the sigmoid's is
+            :math:`\approx 0`. Measured harmful on the expression and DAG tasks
+            (docs/expression.md): every pair's full gradient reaches the shared layers,
+            the pairs that are no edge (most of :math:`m^2`) push all edges to 0 and the
+            node labels were lost (a mechanism inferred from the logs, not isolated).
             Default ``False``.
 
     Shapes:
