@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.parsing import AttributeDict
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from pyg_grapheme.nn.head import one_hot_bytes
 from pyg_grapheme.training.base import InjectedModule
 
 __all__ = ["DECODERS", "ExpressionDataModule", "ExpressionModule", "binarize_penalty",
-           "score_expressions"]
+           "plan_edge_cross_entropy", "score_expressions"]
 
 #: Graph -> text decoders by name: expression trees to Polish notation, port DAGs to
 #: canonical DAG text (:func:`~pyg_grapheme.data.dag.decode_dag`).
@@ -66,6 +67,58 @@ def binarize_penalty(keep: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     return per_graph.mean() if num_graphs else per_graph.sum()
 
 
+def plan_edge_cross_entropy(plan: Tensor, pred: Batch, targets: Batch) -> Tensor:
+    r"""The edges' cross-entropy against the targets the structural loss's plan maps them
+    to (plan detached; the edge analogue of ``plan_cross_entropy``).
+
+    With :math:`P` the plan of a pair (rows: predicted nodes, masses :math:`a_i`; columns:
+    target nodes and the deletion dummy) and :math:`B` the target adjacency, the
+    probability that the predicted pair :math:`(i, k)` lands on a target edge is
+    :math:`q_{ik} = (P B P^\top)_{ik} / (a_i a_k)`, and
+
+    .. math::
+        \mathrm{CE}_{edge} = \frac1B \sum_{\text{pairs}} \sum_{(i,k)} a_i a_k\,
+            \mathrm{BCE}(\sigma(s_{ik}), q_{ik}), \qquad
+        \frac{\partial \mathrm{CE}_{edge}}{\partial s_{ik}} \propto
+            a_i a_k\, \sigma(s_{ik}) - (P B P^\top)_{ik} .
+
+    The structural loss's edge term :math:`\sum_{ik} \ell(w_{ik}, \cdot)` is linear in
+    :math:`w_{ik}`: its gradient w.r.t. the score is
+    :math:`w(1-w)\,(a_i a_k - 2 (PBP^\top)_{ik})`, which vanishes once an edge's
+    sigmoid saturates, also where the plan later says it is an edge (measured: every
+    DAG edge at ~0 after the warm-up). The cross-entropy's does not (the logistic
+    regression gradient :math:`w - q`).
+
+    Args:
+        plan: ``[B, n+1, m+1]`` from ``structural_loss(..., return_components=True)``.
+        pred: the prediction (``edge_index`` pairs within graphs, ``edge_logit`` ``[P]``,
+            ``batch``, ``ptr``). targets: the target batch (``edge_index``, ``batch``,
+            ``ptr``).
+
+    Returns:
+        A scalar (mean over pairs of graphs).
+    """
+    P = plan.detach()
+    num_graphs, n1, m1 = P.shape
+    n, m = n1 - 1, m1 - 1
+    adj = torch.zeros(num_graphs, m, m, dtype=P.dtype, device=P.device)
+    t_ei = targets.edge_index
+    if t_ei.numel():
+        tb = targets.batch[t_ei[0]]
+        adj[tb, t_ei[0] - targets.ptr[tb], t_ei[1] - targets.ptr[tb]] = 1.0
+    Pm = P[:, :n, :m]
+    on_edge = Pm @ adj @ Pm.transpose(1, 2)  # [B, n, n]
+    mass = P[:, :n, :].sum(-1)  # a_i: each predicted node's mass as the plan carries it
+    src, dst = pred.edge_index
+    g = pred.batch[src]
+    i, k = src - pred.ptr[g], dst - pred.ptr[g]
+    weight = mass[g, i] * mass[g, k]
+    q = (on_edge[g, i, k] / weight.clamp_min(torch.finfo(P.dtype).tiny)).clamp(0.0, 1.0)
+    logit = pred.edge_logit.to(P.dtype)
+    ce = F.binary_cross_entropy_with_logits(logit, q, weight=weight, reduction="sum")
+    return ce / max(num_graphs, 1)
+
+
 def score_expressions(pred: Batch, targets: Batch,
                       decoder: str = "tree") -> tuple[list[bool], list[str]]:
     """Per pair: whether the hard predicted graph equals the target graph (labels and
@@ -93,6 +146,7 @@ class ExpressionModule(InjectedModule):
     .. math::
         \mathcal L = \mathrm{structural\_loss}_{\alpha,\beta,\gamma}\big(f_\theta(G_{in}),
             \mathrm{onehot}(T)\big) \;[+\; \lambda_{ce}\, \mathrm{CE}_{plan}]
+            \;[+\; \lambda_{e}\, \mathrm{CE}_{edge}]
             \;[+\; \lambda_{bin} \textstyle\sum_i k_i (1 - k_i)]
 
     The target :math:`T` is the tree of :mod:`pyg_grapheme.data.expression` (argument
@@ -120,6 +174,9 @@ class ExpressionModule(InjectedModule):
             (measured: the edge term stuck at exactly 3.0 or 6.0 of 6 target edges on
             level 2). With the labels learnt first the plan is sharp when edges start.
         ce_weight: weight of the auxiliary plan cross-entropy (0: structural loss only).
+        edge_ce_weight: :math:`\lambda_{e}`, weight of the edges' cross-entropy against
+            the plan's targets (:func:`plan_edge_cross_entropy`; counted from the end of
+            ``beta_warmup_steps``, as the edge term; 0: off).
         integral_mass: the loss compares the hard graph's nodes: each node's mass is its
             keep gate rounded (1 when :math:`k_i > 0.5`), with the straight-through
             gradient (``structural_loss(integral_mass=True)``). With fractional masses
@@ -165,6 +222,7 @@ class ExpressionModule(InjectedModule):
         node_cost: str = "nll",
         indel_cost: float | None = None,
         ce_weight: float = 0.0,
+        edge_ce_weight: float = 0.0,
         integral_mass: bool = False,
         integral_mass_after: int = 0,
         binarize_weight: float = 0.0,
@@ -179,6 +237,8 @@ class ExpressionModule(InjectedModule):
         _check_decoder(decoder)
         if integral_mass_after < 0:
             raise ValueError(f"integral_mass_after must be >= 0, got {integral_mass_after}")
+        if edge_ce_weight < 0:
+            raise ValueError(f"edge_ce_weight must be >= 0, got {edge_ce_weight}")
         if binarize_weight < 0:
             raise ValueError(f"binarize_weight must be >= 0, got {binarize_weight}")
         self._save_hparams()
@@ -218,6 +278,10 @@ class ExpressionModule(InjectedModule):
             ce = parts["plan_cross_entropy"](pred.logits, target_x)
             self.log(f"{stage}_cross_entropy", ce, **log)
             total = total + hp.ce_weight * ce
+        if hp.get("edge_ce_weight", 0.0) > 0 and not warm:
+            edge_ce = plan_edge_cross_entropy(parts["plan"], pred, targets)
+            self.log(f"{stage}_edge_cross_entropy", edge_ce, **log)
+            total = total + hp.edge_ce_weight * edge_ce
         if hp.get("binarize_weight", 0.0) > 0:
             split = binarize_penalty(pred.keep, pred.batch, n)
             self.log(f"{stage}_binarize", split, **log)

@@ -91,6 +91,8 @@ def test_bad_options_raise_naming_them():
         ExpressionModule(decoder="graph")
     with pytest.raises(ValueError, match="binarize_weight"):
         ExpressionModule(binarize_weight=-1.0)
+    with pytest.raises(ValueError, match="edge_ce_weight"):
+        ExpressionModule(edge_ce_weight=-1.0)
     with pytest.raises(ValueError, match="integral_mass_after"):
         ExpressionModule(integral_mass_after=-1)
     with pytest.raises(ValueError, match="decoder"):
@@ -107,7 +109,7 @@ def test_training_step_with_the_options_is_finite(integral, monkeypatch):
     torch.manual_seed(0)
     module = ExpressionModule(ExpressionNet(hidden=16, heads=2), beta=0.3,
                               integral_mass=integral, integral_mass_after=2,
-                              binarize_weight=0.5)
+                              binarize_weight=0.5, edge_ce_weight=0.5)
     logged = {}
     monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, v))
     batch = _batch(expression_pairs(1, "train", sizes=(8, 0, 0)))
@@ -122,6 +124,7 @@ def test_training_step_with_the_options_is_finite(integral, monkeypatch):
         assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
         assert module.model.keep.weight.grad.abs().sum() > 0
         assert float(logged["train_binarize"].detach()) > 0
+        assert float(logged["train_edge_cross_entropy"].detach()) > 0
 
 
 def test_edge_head_natural_gradient_keeps_values_and_revives_saturated_edges():
@@ -160,3 +163,34 @@ def test_unconverged_solves_are_logged_and_warn_only_when_asked(warn, monkeypatc
     fraction = float(logged["train_fgw_unconverged"])
     assert fraction > 0
     assert any("did not converge" in str(w.message) for w in caught) == warn
+
+
+def test_plan_edge_cross_entropy_targets_the_plan_and_revives_saturated_edges():
+    from pyg_grapheme.loss import structural_loss
+    from pyg_grapheme.training.expression_module import plan_edge_cross_entropy
+
+    pairs = dag_pairs(1, "val", sizes=(0, 3, 0)) + expression_pairs(2, "val")[:2]
+    _, targets = split_pair_batch(_batch(pairs))
+    pred = _perfect(targets)
+    pred.ptr = targets.ptr
+    truth = pred.edge_weight.clone()
+    # every edge saturated at 0: the l1 edge term's score gradient vanishes, the CE's not
+    logit = torch.full_like(truth, -30.0, dtype=torch.float64).requires_grad_()
+    pred.edge_weight = torch.sigmoid(logit).float()
+    pred.edge_logit = logit
+    _, parts = structural_loss(pred, one_hot_bytes(targets), beta=0.3, gamma=0.0,
+                               node_cost="nll", return_components=True)
+    ce = plan_edge_cross_entropy(parts["plan"], pred, targets)
+    (grad,) = torch.autograd.grad(ce, logit)
+    B = targets.num_graphs
+    # d/ds = a_i a_k (sigma(s) - q) / B with unit masses and the sharp plan: q = truth
+    assert torch.allclose(grad * B, torch.sigmoid(logit.detach()) - truth.double(),
+                          atol=1e-3)
+    assert bool((grad[truth > 0] < -0.9 / B).all())
+    s0 = torch.linspace(-2.0, 2.0, truth.numel(), dtype=torch.float64).requires_grad_()
+
+    def f(s):
+        pred.edge_logit = s
+        return plan_edge_cross_entropy(parts["plan"].double(), pred, targets)
+
+    assert torch.autograd.gradcheck(f, (s0,))
