@@ -141,7 +141,8 @@ def score_expressions(pred: Batch, targets: Batch,
 
 class ExpressionModule(InjectedModule):
     r"""Train :class:`~pyg_grapheme.nn.ExpressionNet` to turn a question ``(+ (* 3 4) 5)``
-    into its expression tree, with :func:`~pyg_grapheme.loss.structural_loss` alone:
+    into its expression tree, with :func:`~pyg_grapheme.loss.structural_loss` (and
+    optional terms on its plan; no reading order):
 
     .. math::
         \mathcal L = \mathrm{structural\_loss}_{\alpha,\beta,\gamma}\big(f_\theta(G_{in}),
