@@ -184,9 +184,10 @@ class ExpressionModule(InjectedModule):
             three pooled nodes of keep 1/3 stand for one target node at loss 0, though at
             inference none of them exists (measured on the DAG task, docs/expression.md).
         integral_mass_after: with ``integral_mass``, fractional masses until this global
-            step, integral from it on (0: from the start). Measured: integral from the
-            start, the node set flickers while the labels are unlearnt and the edge term
-            froze every edge at 0 once ``beta`` came on (docs/expression.md).
+            step, integral from it on (0: from the start). Measured (docs/expression.md):
+            from step 0 or after a soft phase, the hard node set flickers (a mass-0 node
+            gets the same pull as every other candidate for a missing node); the DAG
+            config uses ``binarize_weight`` instead.
         binarize_weight: :math:`\lambda_{bin}`, weight of the binarisation penalty
             :math:`\sum_i k_i (1 - k_i)` per graph (mean over graphs), which is 0 only for
             keep gates at 0 or 1 (0: off).
