@@ -260,6 +260,7 @@ def graph_to_dag(labels: Sequence[str], edge_index: torch.Tensor | list) -> Dag:
         if not (lab in OPERATORS or is_port[v] or lab.isdigit()):
             raise ValueError(f"node {v} has label {lab!r}, not an operator, number or port")
     args: list[list[int]] = [[] for _ in range(n)]
+    # numbers and ports first: an operator below reads its port's child
     for v, lab in enumerate(labels):
         if lab.isdigit() and out[v]:
             raise ValueError(f"number {lab!r} (node {v}) has children")
@@ -267,6 +268,7 @@ def graph_to_dag(labels: Sequence[str], edge_index: torch.Tensor | list) -> Dag:
             if len(inn[v]) != 1 or len(out[v]) != 1 or labels[inn[v][0]] != lab[1]:
                 raise ValueError(f"port {lab!r} (node {v}) needs one parent {lab[1]!r} "
                                  "and one child")
+    for v, lab in enumerate(labels):
         if lab in OPERATORS:
             ports = [c for c in out[v] if is_port[c]]
             others = [c for c in out[v] if not is_port[c]]

@@ -90,6 +90,18 @@ class EdgeHead(nn.Module):
             (default ``0``: every edge at 0.5).
         edge_dim: size of the optional pair features :math:`\mathbf{e}_{ij}`
             (default ``None``: none).
+        natural_gradient: backpropagate :math:`\partial\mathcal L/\partial w_{ij}` to
+            the score unchanged, :math:`\partial\mathcal L/\partial s_{ij} :=
+            \partial\mathcal L/\partial w_{ij}`, instead of the chain rule's
+            :math:`w_{ij}(1 - w_{ij})\,\partial\mathcal L/\partial w_{ij}` (values
+            unchanged). It is the natural gradient of the Bernoulli edge in its logit
+            (Fisher information :math:`w(1-w)`; Amari 1998): an edge pushed to
+            :math:`w \approx 0` keeps a gradient where the sigmoid's is
+            :math:`\approx 0`. Measured harmful on the expression and DAG tasks
+            (docs/expression.md): every pair's full gradient reaches the shared layers,
+            the pairs that are no edge (most of :math:`m^2`) push all edges to 0 and the
+            node labels were lost (a mechanism inferred from the logs, not isolated).
+            Default ``False``.
 
     Shapes:
         - **input:** ``x`` :obj:`[C, F]`, ``batch`` :obj:`[C]` (sorted; ``None`` = one
@@ -108,6 +120,7 @@ class EdgeHead(nn.Module):
         bilinear: bool = True,
         bias_init: float = 0.0,
         edge_dim: int | None = None,
+        natural_gradient: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -120,6 +133,7 @@ class EdgeHead(nn.Module):
         self.bilinear = bilinear
         self.bias_init = bias_init
         self.edge_dim = edge_dim
+        self.natural_gradient = natural_gradient
         self.lin_edge = nn.Linear(edge_dim, hidden, bias=False) if edge_dim else None
         self.lin_src = nn.Linear(in_channels, hidden)
         self.lin_dst = nn.Linear(in_channels, hidden, bias=False)
@@ -183,10 +197,14 @@ class EdgeHead(nn.Module):
         if self.bilinear:
             a, b = self.bil_src(x), self.bil_dst(x)
             logit = logit + (a[src] * b[dst]).sum(-1) / self.hidden_channels ** 0.5
-        return EdgeHeadOutput(edge_index, torch.sigmoid(logit), logit)
+        weight = torch.sigmoid(logit)
+        if self.natural_gradient:  # value sigmoid(s), gradient passed to s unscaled
+            weight = weight.detach() + (logit - logit.detach())
+        return EdgeHeadOutput(edge_index, weight, logit)
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.in_channels}, hidden={self.hidden_channels}, "
-            f"max_distance={self.max_distance}, bilinear={self.bilinear})"
+            f"max_distance={self.max_distance}, bilinear={self.bilinear}"
+            + (", natural_gradient=True" if self.natural_gradient else "") + ")"
         )

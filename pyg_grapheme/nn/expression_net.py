@@ -57,6 +57,8 @@ class ExpressionNet(nn.Module):
             it the level-2 edge term stalled at ~2.5 disagreeing edges per tree, the root
             linked to every node (a child at one place is a grandchild at the same place
             in the other shape). Default ``True``.
+        edge_natural_gradient: :class:`EdgeHead`'s ``natural_gradient`` (default
+            ``False``).
         dropout: attention dropout (default ``0``).
 
     Shapes:
@@ -83,6 +85,7 @@ class ExpressionNet(nn.Module):
         keep_bias: float = 0.0,
         edge_bias: float = 0.0,
         span_features: bool = True,
+        edge_natural_gradient: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -101,7 +104,8 @@ class ExpressionNet(nn.Module):
         self.head = ByteHead(hidden)
         self.span_features = span_features
         self.edge_head = EdgeHead(hidden, edge_hidden, max_distance=max_distance,
-                                  bias_init=edge_bias, edge_dim=hidden if span_features else None)
+                                  bias_init=edge_bias, edge_dim=hidden if span_features else None,
+                                  natural_gradient=edge_natural_gradient)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -151,6 +151,14 @@ def test_malformed_graphs_decode_to_marked_text_never_raise():
     assert decode_dag(["+", "(-", "1", "2"], [[0, 2], [0, 1], [1, 3]]).startswith("?port")
     assert decode_dag(["+", "(+", "1", "2"], [[0, 2], [0, 1], [1, 3]]) == "(+ 1 2)"
     assert decode_dag([], []) == "?empty graph"
+    # an operator numbered before its childless port (raised IndexError in training)
+    assert decode_dag(["+", "(+", "1"], [[0, 2], [0, 1]]).startswith("?port")
+    labels = ["+", "(+", "*", "(*", "1", "2", "3"]
+    pool = [[i, j] for i in range(len(labels)) for j in range(len(labels))]
+    for _ in range(300):  # random graphs over operators, ports and numbers in any order
+        order = rng.sample(labels, len(labels))
+        text = decode_dag(order, rng.sample(pool, rng.randint(0, 12)))
+        assert isinstance(text, str) and text
     with pytest.raises(ValueError, match="cycle"):
         graph_to_dag(["*", "(*", "+", "(+", "-", "(-", "1", "2", "3"],
                      [[0, 2], [0, 1], [1, 6], [2, 4], [2, 3], [3, 7], [4, 2], [4, 5], [5, 8]])

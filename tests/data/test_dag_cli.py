@@ -32,3 +32,17 @@ def test_dag_config_trains_through_the_cli(tmp_path):
             assert 0.0 <= float(r[key]) <= 1.0
     config = next((tmp_path / "out").rglob("config.yaml")).read_text()
     assert "pyg_grapheme.training.dag_module.DagDataModule" in config
+    assert "decoder: dag" in config
+    # predict with the config decodes DAG text (decode_dag; tests/training/
+    # test_expression_options.py checks the decoding on a known-perfect prediction)
+    ckpt = next((tmp_path / "out").rglob("last.ckpt"))
+    question = "a=(* 7 12);(- a a)"
+    args = ["predict", "--config", CONFIG, "--ckpt_path", ckpt,
+            "--data.init_args.predict_texts", f'["{question}"]',
+            "--model.model.hidden", 16, "--model.model.heads", 2,
+            "--trainer.enable_progress_bar", "false"]
+    proc = subprocess.run([sys.executable, "-m", "pyg_grapheme", *map(str, args)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(question + "\t")]
+    assert len(lines) == 1, proc.stdout[-2000:]
