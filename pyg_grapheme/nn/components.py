@@ -15,12 +15,10 @@ the nodes are read in index order):
 ``"auto"`` first checks for the case of chains (the text graph of this package):
 if every edge joins two consecutive node indices, the components are runs of
 consecutive nodes and one cumulative sum finds them (exact, O(N)). Otherwise it takes
-``"torch"``, on CPU too: measured with ``python experiments/bench_pool.py --components``
-(one thread, CPU time) scipy was never clearly faster from 500 to 1M nodes (chains,
-shuffled chains, random graphs with E = N: at most 12% faster at 100k shuffled/random
-nodes, as fast to 3.7x slower elsewhere, e.g. 0.46 s against 0.32 s at 1M random nodes, where
-scipy's own ``connected_components`` call alone took 0.33-0.43 s), so there is no
-crossover worth switching at; ``"scipy"`` stays available and is the tests' oracle.
+``"torch"``, on CPU too: scipy was never clearly faster from 500 to 1M nodes, so
+there is no crossover worth switching at (figures: docs/pooling.md, ``python
+experiments/bench_pool.py --components``); ``"scipy"`` stays available and is the
+tests' oracle.
 """
 
 from __future__ import annotations

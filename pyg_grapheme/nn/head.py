@@ -54,7 +54,10 @@ class ByteHead(nn.Module):
         set, without it the head's inputs for different questions collapsed to cosine
         1.0 within 10 steps and stayed there for ~50 (one answer for every question);
         with it the model told the questions apart from step ~20 (the "init well" advice
-        of setting the last layer's bias to the data prior).
+        of setting the last layer's bias to the data prior). It can also hold a model
+        where it starts: at the marginal the gradients of the shared weights average out
+        over the questions, and place value stayed at chance with it (docs/model.md), so
+        :class:`~pyg_grapheme.training.GraphemeModule` leaves it off by default.
         """
         # A bincount per slot: O(M * slots) memory (a one-hot of 800k answer graphemes
         # was 13 GB of int64).
