@@ -136,7 +136,11 @@ def write_curriculum(
     out: str | os.PathLike, level: int, seed: int = 0, sizes: Sequence[int] | None = None
 ) -> dict[str, Path]:
     """Write ``out/train.jsonl``, ``val.jsonl`` and ``test.jsonl``; returns their paths."""
-    splits = generate_curriculum(level, seed, sizes)
+    return write_splits(out, generate_curriculum(level, seed, sizes))
+
+
+def write_splits(out: str | os.PathLike, splits: dict[str, list]) -> dict[str, Path]:
+    """Write each split's records to ``out/{split}.jsonl`` (atomically); their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

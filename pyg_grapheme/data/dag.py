@@ -62,9 +62,12 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from pyg_grapheme._io import atomic_write_bytes
-from pyg_grapheme.data.curriculum import SPLITS, _dumps
-from pyg_grapheme.data.expression import OPERATORS, graph_exact_match, label_bytes
+from pyg_grapheme.data.curriculum import SPLITS, write_splits
+from pyg_grapheme.data.expression import (
+    OPERATORS,
+    graph_exact_match,
+    labelled_graph,
+)
 from pyg_grapheme.data.formats import read_pairs
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.data.pair import PairData
@@ -230,15 +233,7 @@ def dag_graph(dag: Dag) -> Data:
     per operator (in the operator's order), ``x`` byte slots of the labels, edges
     ``op -> arg0``, ``op -> port``, ``port -> arg1``; ``edge_attr`` (``long [E]``): 0, 2,
     1 for those three kinds (for reading; the loss sees only the adjacency)."""
-    labels, edges = _port_graph(dag)
-    if edges:
-        t = torch.tensor(edges, dtype=torch.long).t()
-        edge_index, edge_attr = t[:2].contiguous(), t[2].contiguous()
-    else:
-        edge_index = torch.zeros(2, 0, dtype=torch.long)
-        edge_attr = torch.zeros(0, dtype=torch.long)
-    return Data(x=label_bytes(labels), edge_index=edge_index, edge_attr=edge_attr,
-                num_nodes=len(labels))
+    return labelled_graph(*_port_graph(dag))
 
 
 def graph_to_dag(labels: Sequence[str], edge_index: torch.Tensor | list) -> Dag:
@@ -395,14 +390,7 @@ def write_dag_task(
     out: str | os.PathLike, level: int = 1, seed: int = 0, sizes: Sequence[int] | None = None,
 ) -> dict[str, Path]:
     """Write ``out/train.jsonl``, ``val.jsonl`` and ``test.jsonl``; returns their paths."""
-    splits = generate_dag_task(level, seed, sizes)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, records in splits.items():
-        paths[split] = out / f"{split}.jsonl"
-        atomic_write_bytes(paths[split], _dumps(records))
-    return paths
+    return write_splits(out, generate_dag_task(level, seed, sizes))
 
 
 def _pair(text: str, level: int) -> PairData:

@@ -23,6 +23,8 @@ notation, so the decoded text equals the question exactly when the graph is the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch_geometric.data import Data
 
@@ -127,13 +129,19 @@ def expression_graph(expr: Expr) -> Data:
         return i
 
     visit(expr)
+    return labelled_graph(labels, edges)
+
+
+def labelled_graph(labels: Sequence[str], edges: Sequence[tuple[int, int, int]]) -> Data:
+    """A ``Data`` with one node per label (``x``: its byte slots) and the edges
+    ``(src, dst, kind)`` as ``edge_index`` ``[2, E]`` and ``edge_attr`` ``long [E]``."""
     if edges:
         t = torch.tensor(edges, dtype=torch.long).t()
         edge_index, edge_attr = t[:2].contiguous(), t[2].contiguous()
     else:
         edge_index = torch.zeros(2, 0, dtype=torch.long)
         edge_attr = torch.zeros(0, dtype=torch.long)
-    return Data(x=label_bytes(labels), edge_index=edge_index, edge_attr=edge_attr,
+    return Data(x=label_bytes(list(labels)), edge_index=edge_index, edge_attr=edge_attr,
                 num_nodes=len(labels))
 
 
