@@ -369,7 +369,10 @@ class ThresholdMergePool(torch.nn.Module):
         merged: Tensor | None = None,
         num_clusters: Tensor | None = None,
     ) -> PoolOutput:
-        r"""Forward pass.
+        r"""Forward pass: :meth:`select`, :meth:`connect` (the one
+        :func:`torch.compile` graph break) and :meth:`coarsen`. A model that calls the
+        three itself, from its own ``forward``, keeps that break in its own frame
+        (called as a nested module the pool splits every frame of the call stack).
 
         Args:
             x (torch.Tensor): Node features :math:`(N, F)`.
