@@ -6,12 +6,12 @@ in the same run.
         [--blocks gps pre_ln] [--backend inductor]
 
 A step is forward, ``segmentation_nll`` (eager: only the model is compiled), backward and
-an Adam step. The compiled model keeps its graph breaks (the longest question's length,
-the pool's connected components; tests/nn/test_compile_transform_net.py), so the step runs
-several compiled graphs with eager code between them. The first compiled step, which
-includes compilation, is reported apart; the medians are of the steps after it on the
-same batch (static shapes: no recompilation). Prints graphs/s and the ratio compiled /
-eager per layer form.
+an Adam step. The compiled model keeps one graph break, the pool's connected components
+(tests/nn/test_compile_transform_net.py): the step runs two compiled graphs with the
+components, the size reads and the output ``Batch`` eager around them. The first compiled
+step, which includes compilation, is reported apart; the medians are of the steps after
+it on the same batch (static shapes: no recompilation). Prints graphs/s and the ratio
+compiled / eager per layer form.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ evaluation mode, forced answer lengths or the threshold.
 
     python experiments/compile_breaks.py [--verbose]
 
-Prints one row per path: explain's break count (its graphs minus one), and the places
-the breaks happen (function: first line of the reason), with ``--verbose`` each one.
+Prints one row per path: explain's break count (its graphs minus one), its graphs, and
+the number of distinct places the breaks happen (the function a break is in, or the
+``torch.compiler.disable``d one it calls); ``--verbose`` lists each break.
 Small model and batch: dynamo's tracing, not the model's size, is what is measured.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 
 import torch
 from torch_geometric.data import Batch
@@ -21,6 +23,12 @@ from pyg_grapheme import text_to_graph
 from pyg_grapheme.nn import GraphTransformNet
 
 QUESTIONS = ["What colour is the sky?", "How many legs?", "caf\u00e9 \U0001F431 12 345", "a"]
+
+
+def site(reason) -> str:
+    """The function a break is in, or the ``torch.compiler.disable``d one it calls."""
+    called = re.search(r"<function ([\w.]+) at", reason.reason)
+    return called.group(1) if called else reason.user_stack[-1].name
 
 
 def main() -> None:
@@ -43,17 +51,15 @@ def main() -> None:
                     net.train(training)
                     kwargs = {"num_out": torch.tensor([2, 1, 3, 4])} if forced else {}
                     explain = torch._dynamo.explain(net)(inputs, **kwargs)
-                    sites = collections.Counter(
-                        f"{r.user_stack[-1].name}:{r.user_stack[-1].lineno}"
-                        for r in explain.break_reasons)
+                    sites = collections.Counter(site(r) for r in explain.break_reasons)
                     print(f"| {block} | {run_positions} | {'train' if training else 'eval'} "
                           f"| {'given' if forced else '-'} | {explain.graph_break_count} | "
                           f"{explain.graph_count} | {len(sites)} |")
                     if args.verbose:
                         for r in explain.break_reasons:
                             f = r.user_stack[-1]
-                            print(f"    {f.filename.split('/')[-1]}:{f.lineno} {f.name}: "
-                                  f"{r.reason.splitlines()[0][:100]}")
+                            print(f"    {f.filename.split('/')[-1]}:{f.lineno} {f.name} -> "
+                                  f"{site(r)}: {r.reason.splitlines()[0][:80]}")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ class GraphTransformNet(nn.Module):
         """The merge threshold's logit (``sigmoid(theta)`` is the similarity threshold)."""
         return self.pool.theta
 
+    @torch.compiler.disable(recursive=False)
     def forward(self, batch: Batch, num_out: Tensor | None = None) -> Batch:
         """Answer graphs for a batch of text graphs.
 
@@ -183,24 +184,42 @@ class GraphTransformNet(nn.Module):
         (:func:`~pyg_grapheme.nn.pool.select.forced_merges`; the teacher forcing of the
         segmentation, for losses that need the target's length). Without it the
         threshold decides.
+
+        Under :func:`torch.compile` this frame stays eager (``recursive=False``: what it
+        calls is compiled): it reads the batch's sizes, the longest question among them
+        (a host sync), and builds the output ``Batch``, both outside :mod:`torch._dynamo`,
+        and calls :meth:`tensor_forward`, the compiled frame, with plain tensors and ints.
         """
-        x = batch.x
-        n = x.size(0)
-        vec, num_graphs, chain = reading_order(batch)
-        sizes = degree(vec, num_graphs, dtype=torch.long)
-        ptr = cumsum(sizes)
-        # The one size read from the data before the pool (a host sync, a torch.compile
-        # graph break): the longest question, to which the dense attention pads them all.
-        # Read once here and passed down; every other size is a shape.
-        longest = int(sizes.max()) if n else 0
+        x, chain, vec, num_graphs, sizes, ptr, longest = _read_sizes(batch)
         if longest > self.max_input_length:
             raise ValueError(
                 f"a question has {longest} graphemes, more than max_input_length="
                 f"{self.max_input_length} (memory grows as its square); split the text "
                 "or raise max_input_length"
             )
-        self.encoder.check_length(longest)
+        _check_length(self.encoder, longest)
+        fields = self.tensor_forward(x, chain, vec, sizes, ptr, num_graphs, longest, num_out)
+        return _output_batch(num_graphs, fields)
 
+    def tensor_forward(
+        self,
+        x: Tensor,
+        chain: Tensor,
+        vec: Tensor,
+        sizes: Tensor,
+        ptr: Tensor,
+        num_graphs: int,
+        longest: int,
+        num_out: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """:meth:`forward` on tensors: the question graphs' bytes ``x`` ``[N, 8]``,
+        reading-order edges ``chain``, batch vector ``vec`` ``[N]``, nodes per graph
+        ``sizes`` ``[B]`` and their pointers ``ptr`` ``[B + 1]``, ``B = num_graphs``
+        and the largest size ``longest``, which the dense attention pads to. Returns the
+        output ``Batch``'s fields. Every size is an argument or a shape: the only graph
+        break under :func:`torch.compile` is the pool's connected components
+        (:meth:`ThresholdMergePool.connect`), called from this frame."""
+        n = x.size(0)
         h = self.encoder(x, vec, ptr)
         for conv in self.enc:
             h = conv(h, chain, vec, batch_size=num_graphs, max_num_nodes=longest)
@@ -230,15 +249,17 @@ class GraphTransformNet(nn.Module):
         log_probs = self.head(c).log_softmax(dim=-1)
         z = self.pool.merge_logits(c, cchain)
 
-        out = self.pool(c, cchain, cvec, num_clusters=num_out)
+        # The pool's three steps in this frame: its graph break (connect) then splits
+        # only this frame's graph, not every frame of a nested call.
+        sel = self.pool.select(c, cchain, cvec, num_clusters=num_out)
+        out = self.pool.coarsen(c, sel, self.pool.connect(sel))
         # A cluster is a contiguous run: its first node has the smallest index.
         first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)
         first = first.scatter_reduce(0, out.cluster, torch.arange(c.size(0), device=x.device),
                                      reduce="amin")
         logits = log_probs[first]
         counts = degree(out.batch, num_graphs, dtype=torch.long)
-        return _output_batch(
-            num_graphs,
+        return dict(
             x=logits.softmax(dim=-1),
             logits=logits,
             edge_index=out.edge_index,
@@ -282,11 +303,27 @@ class GraphTransformNet(nn.Module):
 
 
 @torch.compiler.disable
-def _output_batch(num_graphs: int, **fields: Tensor) -> Batch:
+def _read_sizes(batch: Batch) -> tuple[Tensor, Tensor, Tensor, int, Tensor, Tensor, int]:
+    """``(x, chain, vec, num_graphs, sizes, ptr, longest)`` of a batch of text graphs
+    (:func:`~pyg_grapheme.nn.blocks.reading_order`, nodes per graph, their pointers and
+    the largest): the one size read from the data before the pool (a host sync, which
+    would split the compiled graph), here outside :mod:`torch._dynamo`."""
+    vec, num_graphs, chain = reading_order(batch)
+    sizes = degree(vec, num_graphs, dtype=torch.long)
+    longest = int(sizes.max()) if batch.x.size(0) else 0
+    return batch.x, chain, vec, num_graphs, sizes, cumsum(sizes), longest
+
+
+@torch.compiler.disable
+def _check_length(encoder: GraphemeEncoder, longest: int) -> None:
+    encoder.check_length(longest, stacklevel=4)
+
+
+@torch.compiler.disable
+def _output_batch(num_graphs: int, fields: dict[str, Tensor]) -> Batch:
     """The model's output container, built outside :mod:`torch._dynamo`: PyG's ``Batch``
     creates its class in a metaclass call that dynamo traces wrongly (the compiled model
-    returned a ``Batch`` without its fields). Called last, after every tensor operation,
-    it splits no graph."""
+    returned a ``Batch`` without its fields)."""
     pred = Batch(**fields)
     pred._num_graphs = num_graphs
     return pred

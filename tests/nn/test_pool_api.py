@@ -185,6 +185,58 @@ def test_compile_one_graph_break_fast(kwargs, call):
     assert "compiler.disable" in str(explain.break_reasons[0].reason)
 
 
+@pytest.mark.parametrize(("kwargs", "call"), COMPILE_CASES)
+def test_select_connect_coarsen_is_the_forward(kwargs, call):
+    """The three steps a caller composes give the forward's output, bit for bit."""
+    b = grid_batch(3, side=4)
+    torch.manual_seed(0)
+    pool = ThresholdMergePool(6, **kwargs)
+    x = b.x.clone().requires_grad_()
+    out = pool(x, b.edge_index, b.batch, **call)
+    sel = pool.select(x, b.edge_index, b.batch, num_clusters=call.get("num_clusters"))
+    part = pool.connect(sel)
+    assert part.quotient.num_clusters == out.x.size(0)
+    assert (part.kappa is not None) == ("num_clusters" not in call)  # the count gradient
+    steps = pool.coarsen(x, sel, part, edge_weight=call.get("edge_weight"))
+    for a, c in zip(out, steps, strict=True):
+        for u, v in zip(a if isinstance(a, tuple) else (a,), c if isinstance(c, tuple) else (c,),
+                        strict=True):
+            assert torch.equal(u, v)
+
+
+class Nested(torch.nn.Module):
+    """A model that calls the pool as a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.pool = torch.nn.Linear(6, 6), ThresholdMergePool(6)
+
+    def forward(self, x, edge_index, batch):
+        return self.pool(self.lin(x), edge_index, batch).x.sum()
+
+
+class Composed(Nested):
+    """The same model, calling the pool's steps from its own frame."""
+
+    def forward(self, x, edge_index, batch):
+        h = self.lin(x)
+        sel = self.pool.select(h, edge_index, batch)
+        return self.pool.coarsen(h, sel, self.pool.connect(sel)).x.sum()
+
+
+def test_composed_steps_split_only_the_callers_graph():
+    """Dynamo (``nested_graph_breaks`` off, the default) splits every frame of the call
+    stack at a break inside a nested call: the pool called as a module costs the caller 3
+    breaks (4 graphs); its steps composed in the caller's frame, 1 (what
+    GraphTransformNet does)."""
+    b = grid_batch(3, side=4)
+    counts = []
+    for model in (Nested(), Composed()):
+        torch._dynamo.reset()
+        counts.append(torch._dynamo.explain(model)(b.x, b.edge_index, b.batch).graph_break_count)
+    assert counts == [3, 1]
+
+
 def compiled_matches_eager(backend: str, kwargs: dict, call: dict) -> None:
     torch._dynamo.reset()
     b = grid_batch(3, side=4)

@@ -122,23 +122,42 @@ class PoolOutput(NamedTuple):
         return self.unpool_info.log_prob
 
 
-@torch.compiler.disable
-def _partition(
-    edge_index: Tensor,
-    kept: Tensor,
-    batch: Tensor,
-    num_nodes: int,
-    method: str,
-    dtype: torch.dtype | None,
-) -> tuple[Quotient, Tensor | None, Tensor | None]:
-    """All integer bookkeeping of the partition in one place: data-dependent shapes,
-    host syncs and scipy, kept out of :mod:`torch._dynamo` as a single graph break.
-    Returns the quotient and, if :obj:`dtype` is set, the estimator's bridge weights."""
-    q = quotient(edge_index, kept, batch, num_nodes, method)
-    if dtype is None:
-        return q, None, None
-    kappa, lam = bridge_weights(kept, q, dtype)
-    return q, kappa, lam
+class Selection(NamedTuple):
+    r"""The select step's decisions (:meth:`ThresholdMergePool.select`), everything
+    :meth:`ThresholdMergePool.connect` and :meth:`ThresholdMergePool.coarsen` need
+    (:math:`N` input nodes, :math:`E` input edges).
+
+    Fields:
+        edge_index: the input edges :obj:`[2, E]`.
+        batch: the input batch vector :obj:`[N]`.
+        num_nodes: :math:`N`.
+        merge_prob: relaxed merge probability :math:`p_e` :obj:`[E]`.
+        merged: hard merge decisions :obj:`[E]` (bool).
+        log_prob: :math:`\log P(\text{merged}_e)` :obj:`[E]`.
+        kept: the merged edges that are not self-loops :obj:`[E]` (bool).
+        counts: whether :meth:`~ThresholdMergePool.coarsen` attaches the expected-count
+            gradient (``estimator="counts"``, no forced count, gradient enabled).
+    """
+
+    edge_index: Tensor
+    batch: Tensor
+    num_nodes: int
+    merge_prob: Tensor
+    merged: Tensor
+    log_prob: Tensor
+    kept: Tensor
+    counts: bool
+
+
+class Partition(NamedTuple):
+    r"""The connect step's result (:meth:`ThresholdMergePool.connect`): the
+    :class:`~pyg_grapheme.nn.pool.Quotient` and, when the selection asks for the
+    expected-count gradient, the estimator's bridge weights :math:`\kappa`,
+    :math:`\lambda` :obj:`[E]` (:func:`~pyg_grapheme.nn.pool.estimators.bridge_weights`)."""
+
+    quotient: Quotient
+    kappa: Tensor | None
+    lam: Tensor | None
 
 
 class ThresholdMergePool(torch.nn.Module):
@@ -350,7 +369,10 @@ class ThresholdMergePool(torch.nn.Module):
         merged: Tensor | None = None,
         num_clusters: Tensor | None = None,
     ) -> PoolOutput:
-        r"""Forward pass.
+        r"""Forward pass: :meth:`select`, :meth:`connect` (the one
+        :func:`torch.compile` graph break) and :meth:`coarsen`. A model that calls the
+        three itself, from its own ``forward``, keeps that break in its own frame
+        (called as a nested module the pool splits every frame of the call stack).
 
         Args:
             x (torch.Tensor): Node features :math:`(N, F)`.
@@ -368,6 +390,21 @@ class ThresholdMergePool(torch.nn.Module):
                 :math:`-\overline{\log P(m)}` on :obj:`log_prob` teaches the threshold the
                 right count. (default: :obj:`None`)
         """
+        sel = self.select(x, edge_index, batch, merged=merged, num_clusters=num_clusters)
+        return self.coarsen(x, sel, self.connect(sel), edge_weight=edge_weight)
+
+    def select(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        batch: Tensor | None = None,
+        *,
+        merged: Tensor | None = None,
+        num_clusters: Tensor | None = None,
+    ) -> Selection:
+        r"""The select step: scores, merge probabilities and the hard decisions of
+        every edge (arguments as in :meth:`forward`). Shapes are those of the input: it
+        compiles without a graph break."""
         num_nodes = x.size(0)
         if batch is None:
             batch = edge_index.new_zeros(num_nodes)
@@ -388,16 +425,35 @@ class ThresholdMergePool(torch.nn.Module):
             merged = merged & (batch.index_select(0, row) == batch.index_select(0, col))
         merged = merged.bool()
         log_prob = F.logsigmoid(torch.where(merged, z, -z))
-
         kept = merged & (row != col)
         # Forced counts carry no count gradient: the target fixed the count, and
         # -log_prob of the forced decisions is what trains the threshold then.
         counts = (self.estimator == "counts" and num_clusters is None
                   and torch.is_grad_enabled() and p.requires_grad)
-        q, kappa, lam = _partition(
-            edge_index, kept, batch, num_nodes, self.components, p.dtype if counts else None
-        )
+        return Selection(edge_index, batch, num_nodes, p, merged, log_prob, kept, counts)
 
+    @torch.compiler.disable
+    def connect(self, sel: Selection) -> Partition:
+        r"""The connect step: the connected components of the kept edges, the coarse
+        edges and (if :obj:`sel.counts`) the estimator's bridge weights. All the integer
+        bookkeeping with data-dependent shapes (host syncs, scipy) is here, hidden from
+        :mod:`torch._dynamo` as the pool's one graph break. A caller that composes
+        :meth:`select`, :meth:`connect` and :meth:`coarsen` in its own ``forward`` (as
+        :class:`~pyg_grapheme.nn.GraphTransformNet` does) keeps that break in its own
+        frame: called inside a nested module call it splits the caller's graph too."""
+        q = quotient(sel.edge_index, sel.kept, sel.batch, sel.num_nodes, self.components)
+        if not sel.counts:
+            return Partition(q, None, None)
+        kappa, lam = bridge_weights(sel.kept, q, sel.merge_prob.dtype)
+        return Partition(q, kappa, lam)
+
+    def coarsen(
+        self, x: Tensor, sel: Selection, part: Partition, edge_weight: Tensor | None = None
+    ) -> PoolOutput:
+        r"""The reduce step: the clusters' features (the aggregation), the coarse edges'
+        weights and the count gradient, given :meth:`connect`'s partition. Its sizes
+        are the partition's: it compiles without a graph break."""
+        q, kappa, lam = part
         out_x = self.aggr_module(x.flatten(1), q.cluster, dim_size=q.num_clusters, dim=0)
         if x.dim() > 2:
             out_x = out_x.view(q.num_clusters, *x.shape[1:])
@@ -410,16 +466,16 @@ class ThresholdMergePool(torch.nn.Module):
 
         if kappa is not None:
             node_weight, out_edge_weight = _ExpectedCounts.apply(
-                p, out_edge_weight, kappa, lam, q.cu, q.cv, q.edge_index, q.edge_id,
-                q.inverse, q.num_clusters, self.eps,
+                sel.merge_prob, out_edge_weight, kappa, lam, q.cu, q.cv, q.edge_index,
+                q.edge_id, q.inverse, q.num_clusters, self.eps,
             )
         else:
             node_weight = x.new_ones(q.num_clusters)
             if out_edge_weight is None:
                 out_edge_weight = x.new_ones(num_coarse)
 
-        info = UnpoolInfo(edge_index, q.cluster, batch, out_edge_weight, node_weight, p,
-                          merged, log_prob)
+        info = UnpoolInfo(sel.edge_index, q.cluster, sel.batch, out_edge_weight, node_weight,
+                          sel.merge_prob, sel.merged, sel.log_prob)
         return PoolOutput(out_x, q.edge_index, q.batch, info)
 
     def _score(
