@@ -138,7 +138,7 @@ def run_objective(name: str, kwargs: dict, tasks: Sequence[str], args: argparse.
     return entry
 
 
-def kindergarten_cell(entry: dict, epochs: int) -> str:
+def kindergarten_cell(entry: dict) -> str:
     k = entry.get("kindergarten")
     if k is None:
         return "-"
@@ -155,19 +155,29 @@ def math1_cell(entry: dict) -> str:
         return "-"
     if "error" in m:
         return f"failed ({m['error']})"
-    return f"{m['test_exact']:.3f}"
+    return f"{m['test_exact']:.3f} ({m['epochs']} epochs)"
 
 
 def format_table(payload: dict) -> str:
-    """The README's table: objective | kindergarten | math1 (with the run's settings)."""
-    args = payload["args"]
+    """The README's table: objective | kindergarten | math1, the run's settings in the
+    header, the fastest kindergarten and the best math1 figure in bold."""
+    args, entries = payload["args"], payload["objectives"]
+    firsts = [e["kindergarten"].get("first_perfect_epoch") for e in entries
+              if "kindergarten" in e]
+    fastest = min((f for f in firsts if f is not None), default=None)
+    scores = [e["math1"]["test_exact"] for e in entries if "test_exact" in e.get("math1", {})]
+    best = max(scores, default=None)
     lines = [f"| objective | kindergarten: first epoch with every answer right (of "
-             f"{args['epochs']}) | math1 test exact match ({args['budget_s']:g} CPU s) |",
+             f"{args['epochs']}) | math1: test exact match ({args['budget_s']:g} CPU s) |",
              "|---|---|---|"]
-    for entry in payload["objectives"]:
-        label = LABELS.get(entry["name"], entry["name"])
-        lines.append(f"| {label} | {kindergarten_cell(entry, args['epochs'])} | "
-                     f"{math1_cell(entry)} |")
+    for entry in entries:
+        k, m = kindergarten_cell(entry), math1_cell(entry)
+        if fastest is not None and entry.get("kindergarten", {}).get(
+                "first_perfect_epoch") == fastest:
+            k = f"**{k}**"
+        if best is not None and entry.get("math1", {}).get("test_exact") == best:
+            m = f"**{m}**"
+        lines.append(f"| {LABELS.get(entry['name'], entry['name'])} | {k} | {m} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(f"== {name}", flush=True)
         entry = run_objective(name, {**OBJECTIVES[name], **extra}, args.tasks, args)
         results.append(entry)
-        print(f"| {name} | {kindergarten_cell(entry, args.epochs)} | {math1_cell(entry)} |",
-              flush=True)
+        print(f"| {name} | {kindergarten_cell(entry)} | {math1_cell(entry)} |", flush=True)
         if args.out:
             write_results(args.out, results, args, argv)
     print("\n" + format_table({"args": vars(args), "objectives": results}))
