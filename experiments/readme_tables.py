@@ -25,13 +25,19 @@ SECTION = re.compile(
     r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
 
-def _baseline():
-    spec = importlib.util.spec_from_file_location("baseline_seq2seq",
-                                                  ROOT / "experiments" / "baseline_seq2seq.py")
+def _experiment(name: str):
+    """``experiments/NAME.py`` as a module (loaded once)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("baseline_seq2seq", module)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _baseline():
+    return _experiment("baseline_seq2seq")
 
 
 def comparison(payload: dict) -> str:
@@ -53,8 +59,19 @@ def comparison(payload: dict) -> str:
     return text
 
 
+def ablation(payload: dict) -> str:
+    """``objective_ablation.py --out`` files: objective | kindergarten | math1
+    (``format_table``) and the command."""
+    text = _experiment("objective_ablation").format_table(payload)
+    if payload.get("about"):
+        text += "\n" + payload["about"] + "\n"
+    if payload.get("command"):
+        text += "\n```\n" + payload["command"] + "\n```\n"
+    return text
+
+
 #: How each result file is rendered (by its "kind"; default: the comparison table).
-RENDERERS: dict[str, Callable[[dict], str]] = {"comparison": comparison}
+RENDERERS: dict[str, Callable[[dict], str]] = {"comparison": comparison, "ablation": ablation}
 
 
 def render(name: str) -> str:
@@ -62,7 +79,11 @@ def render(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"README section {name!r}: no result file {path}")
     payload = json.loads(path.read_text())
-    return RENDERERS[payload.get("kind", "comparison")](payload)
+    kind = payload.get("kind", "comparison")
+    if kind not in RENDERERS:
+        raise ValueError(f"README section {name!r}: {path} has kind {kind!r}; known: "
+                         f"{', '.join(RENDERERS)}")
+    return RENDERERS[kind](payload)
 
 
 def update(text: str) -> tuple[str, list[str]]:
