@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -138,24 +138,23 @@ def run_objective(name: str, kwargs: dict, tasks: Sequence[str], args: argparse.
     return entry
 
 
-def kindergarten_cell(entry: dict) -> str:
-    k = entry.get("kindergarten")
-    if k is None:
+def _cell(result: dict | None, figure: Callable[[dict], str]) -> str:
+    """A task's table cell: "-" when not run, the error when it failed, else ``figure``."""
+    if result is None:
         return "-"
-    if "error" in k:
-        return f"failed ({k['error']})"
-    if k["first_perfect_epoch"] is not None:
-        return str(k["first_perfect_epoch"])
-    return f"never (best {k['best_exact']:.3f})"
+    if "error" in result:
+        return f"failed ({result['error']})"
+    return figure(result)
+
+
+def kindergarten_cell(entry: dict) -> str:
+    return _cell(entry.get("kindergarten"), lambda k: (
+        str(k["first_perfect_epoch"]) if k["first_perfect_epoch"] is not None
+        else f"never (best {k['best_exact']:.3f})"))
 
 
 def math1_cell(entry: dict) -> str:
-    m = entry.get("math1")
-    if m is None:
-        return "-"
-    if "error" in m:
-        return f"failed ({m['error']})"
-    return f"{m['test_exact']:.3f} ({m['epochs']} epochs)"
+    return _cell(entry.get("math1"), lambda m: f"{m['test_exact']:.3f} ({m['epochs']} epochs)")
 
 
 def format_table(payload: dict) -> str:
