@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
+from torch_geometric.utils import cumsum, degree
 
 from pyg_grapheme.nn.blocks import gps_layer, reading_order
 from pyg_grapheme.nn.edge_head import EdgeHead, all_pairs
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.head import ByteHead
-from pyg_grapheme.nn.pool import ThresholdMergePool
+from pyg_grapheme.nn.pool import Partition, Selection, ThresholdMergePool
 
 __all__ = ["ExpressionNet", "hard_graphs"]
 
@@ -115,51 +116,121 @@ class ExpressionNet(nn.Module):
         with torch.no_grad():
             self.keep.bias.fill_(self.keep_bias)
 
+    @torch.compiler.disable(recursive=False)
     def forward(self, batch: Batch) -> Batch:
-        x = batch.x
+        """Expression graphs for a batch of text graphs.
+
+        Under :func:`torch.compile` this frame stays eager (``recursive=False``: what it
+        calls is compiled), as :meth:`GraphTransformNet.forward
+        <pyg_grapheme.nn.GraphTransformNet.forward>` is: it reads the batch's sizes and
+        its longest question (a host sync), calls :meth:`tensor_forward`, the compiled
+        frame, with plain tensors and ints, and builds the output ``Batch`` from its
+        fields, each outside :mod:`torch._dynamo`."""
+        x, chain, vec, num_graphs, ptr, longest = _read_sizes(batch)
+        _check_length(self.encoder, longest)
+        fields = self.tensor_forward(x, chain, vec, ptr, num_graphs, longest)
+        # The node mass, keep times the pool's, is taken here, in eager: inside the
+        # compiled graph inductor dropped the pool's count gradient through this product
+        # (theta's gradient 0; aot_eager kept it; tests/nn/test_compile_expression_net.py).
+        fields["node_weight"] = fields["keep"] * fields.pop("pool_weight")
+        return _output_batch(num_graphs, fields)
+
+    def tensor_forward(
+        self,
+        x: Tensor,
+        chain: Tensor,
+        vec: Tensor,
+        ptr: Tensor,
+        num_graphs: int,
+        longest: int,
+    ) -> dict[str, Tensor]:
+        """:meth:`forward` on tensors: the questions' bytes ``x`` ``[N, 8]``, reading-order
+        edges ``chain``, batch vector ``vec`` ``[N]``, the graphs' pointers ``ptr``
+        ``[B + 1]``, ``B = num_graphs``, and the most nodes in a graph, ``longest``, to
+        which the dense attention pads. Returns the output ``Batch``'s fields, with the
+        pool's node masses as ``pool_weight`` (:meth:`forward` multiplies them by
+        ``keep``). The only graph break under :func:`torch.compile` is
+        :func:`_connect_tokens` (the pool's connected components and what their count
+        sizes: the token pairs and the longest pooled question), called from this frame:
+        called as a nested module, the pool's break split every frame of the stack."""
         n = x.size(0)
-        vec, num_graphs, chain = reading_order(batch)
-        h = self.encoder(x, vec)
+        h = self.encoder(x, vec, ptr)
         for conv in self.enc:
-            h = conv(h, chain, vec)
-        out = self.pool(h, chain, vec)
+            h = conv(h, chain, vec, batch_size=num_graphs, max_num_nodes=longest)
+        sel = self.pool.select(h, chain, vec)
+        part, pairs, longest_tokens = _connect_tokens(self.pool, sel, num_graphs)
+        out = self.pool.coarsen(h, sel, part)
         t, tvec = out.x, out.batch
         for conv in self.tok:
-            t = conv(t, out.edge_index, tvec)
+            t = conv(t, out.edge_index, tvec, batch_size=num_graphs,
+                     max_num_nodes=longest_tokens)
         # A token's position: its first grapheme's place in the question.
         pos = torch.full((t.size(0),), n, dtype=torch.long, device=x.device)
-        pos = pos.scatter_reduce(0, out.cluster, node_positions(n, vec), reduce="amin")
+        pos = pos.scatter_reduce(0, out.cluster, node_positions(n, vec, ptr), reduce="amin")
         keep = torch.sigmoid(self.keep(t).view(-1))
         logits = self.head(t).log_softmax(dim=-1)
-        pairs = all_pairs(tvec, num_graphs)
         span = None
         if self.span_features:
             # prefix[g, p] = sum of h over the graphemes of question g before position p
             starts = torch.cumsum(h, 0) - h  # exclusive running sum over the batch
-            first = torch.zeros(num_graphs, dtype=torch.long, device=x.device)
-            first = first.scatter_reduce(0, vec, torch.arange(n, device=x.device),
-                                         reduce="amin", include_self=False)
-            at = first[tvec] + pos  # the token's first grapheme, global index
+            at = ptr[tvec] + pos  # the token's first grapheme, global index
             span = starts[at[pairs[1]]] - starts[at[pairs[0]]]
         edges = self.edge_head(t, tvec, pos, pairs, span)
-        counts = torch.bincount(tvec, minlength=num_graphs)
-        pred = Batch(
+        counts = degree(tvec, num_graphs, dtype=torch.long)
+        return dict(
             x=logits.exp(),
             logits=logits,
-            node_weight=keep * out.node_weight,
+            pool_weight=out.node_weight,
             keep=keep,
             edge_index=edges.edge_index,
             edge_weight=edges.edge_weight,
             edge_logit=edges.logit,
             batch=tvec,
-            ptr=torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+            ptr=cumsum(counts),
             pos=pos,
             cluster=out.cluster,
             merged=out.merged,
             merge_prob=out.merge_prob,
         )
-        pred._num_graphs = num_graphs
-        return pred
+
+
+@torch.compiler.disable
+def _read_sizes(batch: Batch) -> tuple[Tensor, Tensor, Tensor, int, Tensor, int]:
+    """``(x, chain, vec, num_graphs, ptr, longest)`` of a batch of text graphs
+    (:func:`~pyg_grapheme.nn.blocks.reading_order`, the graphs' pointers and the most
+    nodes in a graph, a host sync), outside :mod:`torch._dynamo`."""
+    vec, num_graphs, chain = reading_order(batch)
+    sizes = degree(vec, num_graphs, dtype=torch.long)
+    longest = int(sizes.max()) if batch.x.size(0) else 0
+    return batch.x, chain, vec, num_graphs, cumsum(sizes), longest
+
+
+@torch.compiler.disable
+def _check_length(encoder: GraphemeEncoder, longest: int) -> None:
+    encoder.check_length(longest, stacklevel=4)
+
+
+@torch.compiler.disable
+def _connect_tokens(
+    pool: ThresholdMergePool, sel: Selection, num_graphs: int
+) -> tuple[Partition, Tensor, int]:
+    """The pool's connect step (:meth:`ThresholdMergePool.connect`) and the two things
+    its data-dependent cluster count sizes: every ordered pair of tokens of a question
+    (:func:`all_pairs`) and the most tokens in a question (the token layers' attention
+    pads to it), in the one region hidden from :mod:`torch._dynamo` (one graph break)."""
+    part = pool.connect(sel)
+    tvec = part.quotient.batch
+    longest = int(degree(tvec, num_graphs).max()) if tvec.numel() else 0
+    return part, all_pairs(tvec, num_graphs), longest
+
+
+@torch.compiler.disable
+def _output_batch(num_graphs: int, fields: dict[str, Tensor]) -> Batch:
+    """The output container, built outside :mod:`torch._dynamo` (PyG's ``Batch`` makes
+    its class in a metaclass call that dynamo traces wrongly)."""
+    pred = Batch(**fields)
+    pred._num_graphs = num_graphs
+    return pred
 
 
 @torch.no_grad()
