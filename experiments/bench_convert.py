@@ -1,6 +1,7 @@
 """Benchmark: text -> grapheme graph conversion speed and memory on 10 MB of mixed text.
 
     python experiments/bench_convert.py [--mb 10] [--seed 0] [--repeat 3] [--baseline-repeat 1]
+        [--out experiments/results/bench_convert.json]
 
 The text is generated (seeded) as CRLF-terminated paragraphs of sentences; by sentence:
 
@@ -35,6 +36,8 @@ baseline's wall time over ``text_to_graph``'s on the same text. Memory: the peak
 set growth during one bulk conversion (Linux ``/proc/self/clear_refs`` + ``VmHWM``), the
 tracemalloc peak (Python and NumPy allocations), and the size of the result, each per MB
 of text; plus the number of gc-tracked Python objects the result keeps alive.
+``--out FILE.json`` writes the rows and the memory figures, for the README's speed table
+(``experiments/readme_tables.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import regex
@@ -271,7 +275,7 @@ def memory(num_bytes: int, seed: int) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=10.0, help="text size in MB (1e6 bytes)")
     parser.add_argument("--seed", type=int, default=0)
@@ -280,11 +284,13 @@ def main() -> None:
     parser.add_argument("--baseline-repeat", type=int, default=1,
                         help="the Python loops: best of this many runs (each takes ~1 min)")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="write the rows and memory figures as JSON")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.memory_probe:
         print(json.dumps(memory_probe(int(args.mb * 1e6), args.seed)))
-        return
+        return None
+    load = os.getloadavg()[0]
 
     t0 = time.perf_counter()
     text = mixed_text(int(args.mb * 1e6), args.seed)
@@ -318,6 +324,7 @@ def main() -> None:
              f"{'MB/s':>8}{'speed-up':>10}"
     print(header)
     print("-" * len(header))
+    measured = []
     for mode, texts in (("bulk", [text]), ("per paragraph", paragraphs)):
         ours, n_ours = _time(text_to_graph, texts, args.repeat)
         rows = [("text_to_graph", ours, n_ours)]
@@ -325,9 +332,10 @@ def main() -> None:
             t, n = _time(fn, texts, args.baseline_repeat)
             rows.append((name, t, n))
         for name, t, n in rows:
-            print(f"{mode:<14}{name:<17}{n:>12,}{t:>10.2f}{n / t:>14,.0f}{utf8 / 1e6 / t:>8.2f}"
-                  f"{t / ours:>9.1f}x")
-        mode = ""
+            measured.append({"mode": mode, "converter": name, "nodes": n, "seconds": t,
+                             "speed_up": t / ours})
+            print(f"{mode if name == rows[0][0] else '':<14}{name:<17}{n:>12,}{t:>10.2f}"
+                  f"{n / t:>14,.0f}{utf8 / 1e6 / t:>8.2f}{t / ours:>9.1f}x")
     print()
 
     mem = memory(int(args.mb * 1e6), args.seed)
@@ -341,6 +349,16 @@ def main() -> None:
           "(x 8 B + edge_index 16 B + grapheme_len 8 B per node, 1 B per text byte)")
     print(f"  Python objects kept  {mem['kept_objects']:+d} gc-tracked objects for "
           f"{mem['nodes']:,} nodes; {mem['non_tensor_attrs']} non-tensor attributes")
+    result = {"mb": utf8 / 1e6, "graphemes": graphemes, "repeat": args.repeat,
+              "baseline_repeat": args.baseline_repeat, "seed": args.seed,
+              "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "torch": torch.__version__, "load": load, "rows": measured, "memory": mem}
+    if args.out:
+        from readme_tables import write_result  # experiments/ is the script's path
+
+        write_result(args.out, "bench_convert", "bench_convert.py", result, argv)
+        print(f"results written to {args.out}")
+    return result
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 and of the edge head of graph-shaped answers (EdgeHead against ByteHead).
 
     python experiments/bench_model.py [--threads 1] [--repeats 5] [--tables model sizes edge]
+        [--out experiments/results/bench_model.json]
 
 Table 1: graphs/s for batches of 64 QA-sized graphs (20-60 graphemes, answers 1-8),
 forward only, forward+backward (the training step without the optimizer), and a whole
@@ -15,16 +16,20 @@ O(m)) on the same nodes, one row per canvas size ``m``: 64 graphs, the model's h
 size, forward+backward, and their ratio (measured back to back in the same run); the
 ratio grows linearly in ``m``.
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
-small ops far slower).
+small ops far slower). ``--out FILE.json`` writes the measured rows (the README's speed
+table is rendered from it by ``experiments/readme_tables.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import string
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch_geometric.data import Batch
@@ -60,7 +65,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
@@ -70,22 +75,34 @@ def main() -> None:
                     help="GraphTransformNet layer forms to time in table 1")
     ap.add_argument("--tables", nargs="+", default=["model", "sizes", "edge"],
                     choices=["model", "sizes", "edge"], help="which tables to print")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, help="write the measured rows as JSON here")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     rng = random.Random(0)
     inputs, targets = batch_of(rng, [rng.randint(20, 60) for _ in range(64)],
                                [rng.randint(1, 8) for _ in range(64)])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
+    tables = {}
     if "model" in args.tables:
-        model_table(args, inputs, targets)
+        tables["model"] = model_table(args, inputs, targets)
     if "sizes" in args.tables:
-        size_table(args, rng)
+        tables["sizes"] = size_table(args, rng)
     if "edge" in args.tables:
-        edge_table(args)
+        tables["edge"] = edge_table(args)
+    result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+              "repeats": args.repeats,
+              "torch": torch.__version__, "load": load, **tables}
+    if args.out:
+        from readme_tables import write_result  # experiments/ is the script's path
+
+        write_result(args.out, "bench_model", "bench_model.py", result, argv)
+        print(f"results written to {args.out}")
+    return result
 
 
-def edge_table(args, graphs: int = 64) -> None:
+def edge_table(args, graphs: int = 64) -> list[dict]:
     """EdgeHead (all ordered pairs, O(m^2) per graph) against ByteHead (O(m)) per canvas."""
     hidden = GraphTransformNet().hidden
     torch.manual_seed(0)
@@ -93,6 +110,7 @@ def edge_table(args, graphs: int = 64) -> None:
     print(f"\n{graphs} output graphs of m nodes, hidden {hidden}, forward+backward")
     print("| canvas m | pairs | EdgeHead ms | ByteHead ms | ratio | EdgeHead us/pair |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for m in args.canvas:
         x = torch.randn(graphs * m, hidden, requires_grad=True)
         batch = torch.arange(graphs).repeat_interleave(m)
@@ -108,12 +126,15 @@ def edge_table(args, graphs: int = 64) -> None:
         pairs = graphs * m * (m - 1)
         print(f"| {m} | {pairs:,} | {1e3 * te:.1f} | {1e3 * tb:.1f} | {te / tb:.2f} | "
               f"{1e6 * te / pairs:.3f} |")
+        rows.append({"canvas": m, "pairs": pairs, "edge_s": te, "byte_s": tb})
+    return rows
 
 
-def model_table(args, inputs, targets) -> None:
+def model_table(args, inputs, targets) -> list[dict]:
     print("\n| layers | canvas (max_answer_length) | parameters | forward graphs/s | "
           "forward+backward graphs/s | Adam step graphs/s |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for block, k in ((b, k) for k in args.canvas for b in args.blocks):
         torch.manual_seed(0)
         model = GraphTransformNet(max_answer_length=k, block=block)
@@ -135,13 +156,17 @@ def model_table(args, inputs, targets) -> None:
         rates = [64 / timed(fn, args.repeats) for fn in (forward, forward_backward, step)]
         print(f"| {block} | {k} | {params:,} | " + " | ".join(f"{r:.0f}" for r in rates)
               + " |")
+        rows.append({"block": block, "canvas": k, "parameters": params, "forward": rates[0],
+                     "forward_backward": rates[1], "step": rates[2]})
+    return rows
 
 
-def size_table(args, rng) -> None:
+def size_table(args, rng) -> list[dict]:
     torch.manual_seed(0)
     model = GraphTransformNet(max_answer_length=32)
     print("\n| nodes per graph | s forward+backward | us / node |")
     print("|---|---|---|")
+    rows = []
     for n in args.sizes:
         inp, tgt = batch_of(rng, [n], [8])
 
@@ -151,6 +176,8 @@ def size_table(args, rng) -> None:
 
         t = timed(fb, max(2, args.repeats // 2))
         print(f"| {n} | {t:.3f} | {1e6 * t / n:.1f} |")
+        rows.append({"nodes": n, "forward_backward_s": t})
+    return rows
 
 
 if __name__ == "__main__":

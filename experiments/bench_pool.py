@@ -4,6 +4,9 @@
     python experiments/bench_pool.py --scaling     # total nodes 1k .. 1M, batched chains
     python experiments/bench_pool.py --components  # connected components: torch vs scipy
 
+``--out FILE.json`` (the default table only) writes the medians, for the README's speed
+table (``experiments/readme_tables.py``).
+
 One torch thread (printed; more threads oversubscribe a loaded 2-core machine), the
 layers timed interleaved (round-robin, rotated start) and reported as medians of the
 process CPU time (``time.process_time``: robust to other processes on a shared machine;
@@ -16,8 +19,11 @@ of similar vectors, so that the threshold merges about a third of the edges.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch_geometric.nn import ClusterPooling, EdgePooling, SAGPooling, TopKPooling
@@ -97,7 +103,7 @@ def interleaved(steps: dict, data, repeats: int, warmup: int = 2) -> dict:
     }
 
 
-def bench_issue(repeats: int):
+def bench_issue(repeats: int) -> dict:
     dim = 64
     data = make_chains(64, 30, dim)
     steps = layers(dim)
@@ -118,6 +124,9 @@ def bench_issue(repeats: int):
     print(f"\nEdgePooling / ours = {edge[0] / base[0]:.1f}x CPU, {edge[1] / base[1]:.1f}x wall "
           f"(target >= 10x); ours / TopKPooling = {base[0] / top[0]:.2f}x CPU, "
           f"{base[1] / top[1]:.2f}x wall (target <= 2x)")
+    return {"graphs": 64, "length": 30, "dim": dim, "kept_nodes": out.x.size(0),
+            "repeats": repeats,
+            "layers": {name: {"cpu_s": c, "wall_s": w} for name, (c, w) in med.items()}}
 
 
 def bench_scaling(sizes: list[int], repeats: int, budget_s: float):
@@ -203,7 +212,7 @@ def bench_components(repeats: int):
                   f"{'torch' if a < b else 'scipy'} |", flush=True)
 
 
-def main():
+def main(argv: Sequence[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
@@ -213,8 +222,12 @@ def main():
     parser.add_argument("--budget", type=float, default=5.0,
                         help="seconds; skip a layer whose predicted time exceeds this")
     parser.add_argument("--components", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="write the default table's medians as JSON")
+    args = parser.parse_args(argv)
+    if args.out and (args.scaling or args.components):
+        parser.error("--out writes the default table only (not --scaling, --components)")
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads = {torch.get_num_threads()}")
     if args.components:
@@ -222,7 +235,15 @@ def main():
     elif args.scaling:
         bench_scaling(args.sizes, max(args.repeats // 3, 3), args.budget)
     else:
-        bench_issue(args.repeats)
+        result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                  "torch": torch.__version__, "load": load, **bench_issue(args.repeats)}
+        if args.out:
+            from readme_tables import write_result  # experiments/ is the script's path
+
+            write_result(args.out, "bench_pool", "bench_pool.py", result, argv)
+            print(f"results written to {args.out}")
+        return result
+    return None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 A table in README.md between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``
 is rendered from ``experiments/results/NAME.json`` (what an experiment wrote with
 ``--out``; several runs of it are listed under ``"runs"``), so its figures are the
-measured ones and cannot drift by hand. ``tests/test_readme.py`` runs the check.
+measured ones and cannot drift by hand; a name in :data:`SECTIONS` renders one table from
+several files (the speed table: a row per benchmark). ``tests/test_readme.py`` runs the
+check. The cheap benchmarks write their files with :func:`write_result`.
 
     python experiments/readme_tables.py            # rewrite the generated sections
     python experiments/readme_tables.py --check    # exit 1 naming a stale section
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,15 +74,95 @@ def ablation(payload: dict) -> str:
     return text
 
 
-#: How each result file is rendered (by its "kind"; default: the comparison table).
-RENDERERS: dict[str, Callable[[dict], str]] = {"comparison": comparison, "ablation": ablation}
+def write_result(path: Path, kind: str, script: str, payload: dict,
+                 argv: Sequence[str] | None = None) -> None:
+    """An experiment's ``--out`` file: ``payload`` with its ``kind`` (which renderer
+    reads it) and the ``command`` that reproduces it, written atomically (the writer
+    ``objective_ablation.py --out`` uses), so a stopped run leaves the previous file."""
+    from pyg_grapheme._io import atomic_write_bytes
+
+    words = sys.argv[1:] if argv is None else list(argv)
+    env = "OMP_NUM_THREADS=1 " if os.environ.get("OMP_NUM_THREADS") == "1" else ""
+    full = {"kind": kind,
+            "command": env + shlex.join(["python", f"experiments/{script}", *words]),
+            **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(full, indent=1, ensure_ascii=False) + "\n").encode())
 
 
-def render(name: str) -> str:
+def _load(name: str) -> tuple[Path, dict]:
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"README section {name!r}: no result file {path}")
-    payload = json.loads(path.read_text())
+    return path, json.loads(path.read_text())
+
+
+def _setting(payload: dict) -> str:
+    return (f"{payload['threads']} torch thread, 1-min load {payload['load']:.1f} on "
+            f"{payload['cpus']} cores")
+
+
+def model_row(payload: dict) -> str:
+    """``bench_model.py --out``: forward+backward graphs/s per canvas, each layer form."""
+    rows = payload["model"]
+    cells = []
+    for block in dict.fromkeys(r["block"] for r in rows):
+        mine = [r for r in rows if r["block"] == block]
+        rates = " / ".join(f"{r['forward_backward']:.0f}" for r in mine)
+        canvas = " / ".join(str(r["canvas"]) for r in mine)
+        cells.append(f"{rates} graphs/s at canvas {canvas} (`{block}`, "
+                     f"{mine[0]['parameters']:,} parameters at canvas {mine[0]['canvas']})")
+    return (f"| GraphTransformNet forward+backward with `segmentation_nll`, batch of 64 QA "
+            f"graphs (20-60 graphemes), median of {payload['repeats']} | "
+            f"{'; '.join(cells)}; {_setting(payload)} | `{payload['command']}` |\n")
+
+
+def pool_row(payload: dict) -> str:
+    """``bench_pool.py --out``: CPU time of the pool against PyG's pooling layers."""
+    cpu = {name: t["cpu_s"] for name, t in payload["layers"].items()}
+    ours = cpu["ThresholdMergePool"]
+    return (f"| ThresholdMergePool forward+backward, {payload['graphs']} chains x "
+            f"{payload['length']} nodes, {payload['dim']}-dim, median CPU time of "
+            f"{payload['repeats']} interleaved rounds | "
+            f"{cpu['EdgePooling'] / ours:.1f}x faster than EdgePooling, "
+            f"{ours / cpu['TopKPooling(0.5)']:.2f}x TopKPooling's time ({1e3 * ours:.2f} ms); "
+            f"{_setting(payload)} | `{payload['command']}` |\n")
+
+
+def convert_row(payload: dict) -> str:
+    """``bench_convert.py --out``: text_to_graph's speed-up over the per-character loop."""
+    loop = {r["mode"]: r for r in payload["rows"] if r["converter"] == "per-char loop"}
+    ours = next(r for r in payload["rows"]
+                if r["converter"] == "text_to_graph" and r["mode"] == "bulk")
+    return (f"| text -> graph, {payload['mb']:.0f} MB of mixed text (seed "
+            f"{payload['seed']}), best of {payload['repeat']} | "
+            f"{loop['bulk']['speed_up']:.1f}x a per-character Python loop in one call, "
+            f"{loop['per paragraph']['speed_up']:.1f}x per paragraph; "
+            f"{ours['nodes'] / ours['seconds'] / 1e6:.2f}M graphemes/s; "
+            f"{_setting(payload)} | `{payload['command']}` |\n")
+
+
+#: How each result file is rendered (by its "kind"; default: the comparison table).
+RENDERERS: dict[str, Callable[[dict], str]] = {"comparison": comparison, "ablation": ablation}
+#: Table rows, one per result file, for the sections of :data:`SECTIONS`.
+ROWS: dict[str, Callable[[dict], str]] = {"bench_model": model_row, "bench_pool": pool_row,
+                                          "bench_convert": convert_row}
+#: Sections rendered as one table from several result files, a row each.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "benchmarks": ("bench_model", "bench_pool", "bench_convert")}
+
+
+def render(name: str) -> str:
+    if name in SECTIONS:
+        text = "| benchmark | figure | command |\n|---|---|---|\n"
+        for part in SECTIONS[name]:
+            path, payload = _load(part)
+            if payload.get("kind") not in ROWS:
+                raise ValueError(f"README section {name!r}: {path} has kind "
+                                 f"{payload.get('kind')!r}; known: {', '.join(ROWS)}")
+            text += ROWS[payload["kind"]](payload)
+        return text
+    path, payload = _load(name)
     kind = payload.get("kind", "comparison")
     if kind not in RENDERERS:
         raise ValueError(f"README section {name!r}: {path} has kind {kind!r}; known: "

@@ -1,9 +1,11 @@
 """The README's generated tables are what the committed result files render to
-(experiments/readme_tables.py), so a figure cannot be edited by hand or go stale."""
+(experiments/readme_tables.py), so a figure cannot be edited by hand or go stale; the
+figures it quotes from long experiments appear in the pages it cites for them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -12,8 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-#: Every table the README must generate from experiments/results/NAME.json.
-GENERATED = ("baseline_480s", "objective_ablation")
+#: Every table the README must generate from experiments/results/NAME.json (or, for a
+#: name in readme_tables.SECTIONS, from several files, a row each).
+GENERATED = ("baseline_480s", "objective_ablation", "benchmarks")
+#: A figure: an integer, a decimal or a float in e-notation, standing alone.
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e[-+]?\d+)?(?!\d)")
+LINK = re.compile(r"\]\(([^)#]+)(?:#[^)]*)?\)")
 
 
 def _tables():
@@ -62,3 +68,77 @@ def test_ablation_prose_quotes_the_generated_table():
     assert figures, "the prose cites no figure"
     missing = [f for f in figures if f not in match["body"]]
     assert not missing, f"figures in the prose that the table does not show: {missing}"
+
+
+def quoted_rows(readme: str = README) -> list[tuple[str, str, list[str]]]:
+    """The hand-written table of "Where things stand": ``(what, figure, cited files)``."""
+    start = readme.index("## Where things stand (measured)")
+    section = readme[start:readme.index("<!-- generated: benchmarks -->", start)]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| what ", "|---")):
+            continue
+        cells = line.strip().strip("|").split(" | ")
+        assert len(cells) == 4, line  # what | figure | command | source
+        rows.append((cells[0].strip(), cells[1], LINK.findall(cells[3])))
+    return rows
+
+
+def unquoted(figure: str, sources: list[str]) -> list[str]:
+    """The figures of ``figure`` that none of ``sources`` contains (as a whole number)."""
+    found: set[str] = set()
+    for source in sources:
+        found.update(NUMBER.findall((ROOT / source).read_text()))
+    return [f for f in NUMBER.findall(figure) if f not in found]
+
+
+def test_quoted_figures_appear_in_the_pages_they_cite():
+    """Rows from long experiments (minutes to hours of CPU) cannot be regenerated in a
+    test: each figure they quote must appear in the doc page or results file cited."""
+    rows = quoted_rows()
+    assert len(rows) >= 5, rows
+    for what, figure, sources in rows:
+        assert sources, f"row {what!r} cites no page"
+        assert NUMBER.findall(figure), f"row {what!r} quotes no figure"
+        missing = unquoted(figure, sources)
+        assert not missing, f"row {what!r}: {missing} not in {sources}"
+
+
+def test_a_drifted_quoted_figure_is_caught():
+    what, figure, sources = next(r for r in quoted_rows() if "segmentation_nll" in r[0])
+    assert not unquoted(figure, sources)
+    assert unquoted(figure.replace("1e-12", "1e-13"), sources) == ["1e-13"]
+    # the README once rounded docs/loss.md's 78.1x to 78x
+    what, figure, sources = next(r for r in quoted_rows() if "speed since" in r[0])
+    assert "78.1x" in figure and not unquoted(figure, sources)
+    assert unquoted(figure.replace("78.1x", "78x"), sources) == ["78"]
+
+
+def test_benchmarks_write_what_the_readme_renders(tmp_path, monkeypatch, capsys):
+    """Each cheap benchmark's ``--out`` file (tiny settings) renders to a README row with
+    its measured figures and the command that wrote it."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    tables = _tables()
+    runs = {"bench_model": ["--tables", "model", "--canvas", "8", "--blocks", "gps",
+                            "--repeats", "1"],
+            "bench_pool": ["--repeats", "3"],
+            "bench_convert": ["--mb", "0.01", "--repeat", "1"]}
+    for name, argv in runs.items():
+        out = tmp_path / f"{name}.json"
+        result = tables._experiment(name).main([*argv, "--out", str(out)])
+        payload = json.loads(out.read_text())
+        assert payload["kind"] == name
+        assert payload["command"].endswith(f"experiments/{name}.py {' '.join(argv)} --out {out}")
+        row = tables.ROWS[name](payload)
+        assert row.startswith("| ") and row.count(" | ") == 2 and payload["command"] in row
+        if name == "bench_model":
+            assert f"{result['model'][0]['forward_backward']:.0f} graphs/s at canvas 8" in row
+        elif name == "bench_pool":
+            cpu = {k: v["cpu_s"] for k, v in result["layers"].items()}
+            ratio = cpu["EdgePooling"] / cpu["ThresholdMergePool"]
+            assert f"{ratio:.1f}x faster than EdgePooling" in row
+        else:
+            loop = next(r for r in result["rows"]
+                        if r["converter"] == "per-char loop" and r["mode"] == "bulk")
+            assert f"{loop['speed_up']:.1f}x a per-character Python loop" in row
+    capsys.readouterr()
