@@ -12,6 +12,9 @@ given to the pool in training, with the forced cuts' NLL training the threshold;
 * ``cross-entropy``: the aligned cross-entropy (weight 10) alone; forced and learnt.
 * ``structural + CE``: the previous default objective; forced and learnt.
 * ``segmentation + structural``: both, learnt count.
+* ``ordered structural``: ``structural_loss`` with ``node_cost="nll"`` and
+  ``order_weight=2`` (the order-preserving positional term), forced and learnt, and
+  with ``segmentation_nll``.
 
 Kindergarten: full batch, seed 0, up to ``--epochs`` epochs, validation every 10 with
 thresholded decoding; the first validated epoch with every answer right. math1: the
@@ -49,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline_seq2seq import build_graph, load_task, parse_kwargs, train_graph  # noqa: E402
 
 STRUCTURAL = {"loss.alpha": 1.0, "loss.beta": 0.5, "loss.gamma": 2.0}
+#: The structural loss as a teacher on text chains: the log-likelihood node cost and the
+#: order-preserving positional term (``structural_loss(order_weight=...)``).
+ORDERED = {**STRUCTURAL, "loss.node_cost": "nll", "loss.order_weight": 2.0}
 OFF = {"segmentation_weight": 0.0}
 OBJECTIVES: dict[str, dict] = {
     "segmentation, learnt": {},
@@ -60,6 +66,9 @@ OBJECTIVES: dict[str, dict] = {
                                 "segment_forcing": True},
     "structural + CE, learnt": {**OFF, **STRUCTURAL, "ce_weight": 10.0},
     "segmentation + structural, learnt": {**STRUCTURAL},
+    "ordered structural, forced": {**OFF, **ORDERED, "segment_forcing": True},
+    "ordered structural, learnt": {**OFF, **ORDERED},
+    "segmentation + ordered structural, learnt": {**ORDERED},
 }
 #: How the README names each objective.
 LABELS: dict[str, str] = {
@@ -72,6 +81,10 @@ LABELS: dict[str, str] = {
                                "issue 10)",
     "structural + CE, learnt": "structural + cross-entropy, learnt",
     "segmentation + structural, learnt": "segmentation + structural, learnt",
+    "ordered structural, forced": "`structural_loss` with the NLL node cost and the order "
+                                  "term (`order_weight=2`), forced",
+    "ordered structural, learnt": "ordered structural, learnt",
+    "segmentation + ordered structural, learnt": "segmentation + ordered structural, learnt",
 }
 
 

@@ -1,6 +1,7 @@
 """The structural loss: gradients, POT's fused GW as the oracle, GED behaviour, edge cases."""
 
 import math
+import warnings
 
 import networkx as nx
 import ot
@@ -490,3 +491,61 @@ def test_nll_node_cost_gradcheck_and_log_k_indel_default():
     assert float(structural_loss(h, g, **kw)) == pytest.approx(math.log(4), abs=0.02)
     assert float(structural_loss(h, g, **kw)) == pytest.approx(
         float(structural_loss(h, g, indel_cost=math.log(4), **kw)))
+
+
+# --------------------------------------------------------------------------- order cost
+def test_order_cost_is_the_distance_from_the_diagonal():
+    from pyg_grapheme.loss.costs import order_cost_matrix
+
+    L = order_cost_matrix(torch.tensor([4, 2, 0]), torch.tensor([4, 3, 1]), 4, 4)
+    i = torch.arange(4.0)
+    # Equal lengths: |i - j| / sqrt(2), zero on the diagonal.
+    torch.testing.assert_close(L[0], (i[:, None] - i[None]).abs() / math.sqrt(2))
+    # Unequal lengths: Su and Hua's l_ij on the normalised positions (i + 1/2) / N.
+    N, M = 2.0, 3.0
+    for a in range(2):
+        for b in range(3):
+            want = abs((a + 0.5) / N - (b + 0.5) / M) / math.sqrt(1 / N**2 + 1 / M**2)
+            assert float(L[1, a, b]) == pytest.approx(want)
+    assert torch.isfinite(L[2]).all()  # an empty graph: unused, but finite
+
+
+def test_order_weight_aligns_a_permuted_chain_in_reading_order():
+    # Right graphemes, wrong order: "ba" against "ab" (one-hot, no edges to tell them).
+    pred = Batch.from_data_list([chain([1, 0, 2])])
+    tgt = Batch.from_data_list([chain([0, 1, 2])])
+    _, by_content = structural_loss(pred, tgt, return_components=True)
+    _, in_order = structural_loss(pred, tgt, order_weight=2.0, return_components=True)
+    plan_c, plan_o = by_content["plan"][0, :3, :3], in_order["plan"][0, :3, :3]
+    assert float(plan_c[0, 1] + plan_c[1, 0]) > 1.9  # swapped by content
+    assert float(torch.diagonal(plan_o).sum()) > 2.9  # node i with grapheme i
+    # ...so the gradient teaches the order: without it, a confident prediction of "ba"
+    # is pushed further towards "b" at node 0; with it, towards "a".
+    for weight, teaches in ((0.0, False), (2.0, True)):
+        x = torch.full((3, 4), 0.05, dtype=torch.float64)
+        x[[0, 1, 2], [1, 0, 2]] = 0.85
+        x.requires_grad_()
+        p = pred.clone()
+        p.x = x
+        with warnings.catch_warnings():  # float64's tolerance is not needed for a sign
+            warnings.simplefilter("ignore", RuntimeWarning)
+            structural_loss(p, tgt, order_weight=weight).backward()
+        assert bool(x.grad[0, 0] < x.grad[0, 1]) is teaches
+
+
+def test_order_weight_gradcheck_at_the_defaults_and_bad_values():
+    gen = torch.Generator().manual_seed(13)
+    pred = Batch.from_data_list([rand_graph(n, slots=(2, 3), gen=gen) for n in (3, 1, 0, 2)])
+    tgt = Batch.from_data_list([rand_graph(n, slots=(2, 3), gen=gen, soft=False)
+                                for n in (2, 2, 1, 0)])
+    X = pred.x.clone().requires_grad_()
+
+    def f(X):
+        p = pred.clone()
+        p.x = X
+        return structural_loss(p, tgt, order_weight=1.0)
+
+    assert torch.autograd.gradcheck(f, (X,), eps=1e-6, atol=1e-7, rtol=1e-4, fast_mode=True)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="order_weight"):
+            structural_loss(pred, tgt, order_weight=bad)
