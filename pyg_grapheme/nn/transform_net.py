@@ -247,11 +247,13 @@ class GraphTransformNet(nn.Module):
             c = cd.reshape(num_graphs * T, -1)
         c = self.dec_norm(c)
         log_probs = self.head(c).log_softmax(dim=-1)
-        z = self.pool.merge_logits(c, cchain)
 
         # The pool's three steps in this frame: its graph break (connect) then splits
-        # only this frame's graph, not every frame of a nested call.
+        # only this frame's graph, not every frame of a nested call. The selection
+        # carries its merge logits: scoring the edges again cost a projection, a cosine
+        # and their backward per step.
         sel = self.pool.select(c, cchain, cvec, num_clusters=num_out)
+        z = sel.merge_logit
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
         # A cluster is a contiguous run: its first node has the smallest index.
         first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)

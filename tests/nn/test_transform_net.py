@@ -206,3 +206,21 @@ def test_canvas_scale_is_a_scaled_canvas_norm():
                               atol=1e-3)
     with pytest.raises(ValueError, match="canvas_scale"):
         GraphTransformNet(canvas_scale=0.0)
+
+
+@pytest.mark.parametrize("block", ["gps", "pre_ln"])
+def test_merge_logit_is_the_pools_score_of_the_canvas_bitwise(block):
+    """The output's ``merge_logit`` comes from the pool's selection, not a second scoring
+    pass: it equals ``pool.merge_logits`` of the normalised canvas bit for bit, and the
+    decisions are its sign."""
+    net = small_net(block=block)
+    inputs, _ = batches()
+    seen = {}
+    net.dec_norm.register_forward_hook(lambda m, a, out: seen.setdefault("c", out))
+    pred = net(inputs)
+    T = net.max_answer_length
+    from pyg_grapheme.nn.transform_net import canvas_chain
+    cvec = torch.arange(len(QUESTIONS)).repeat_interleave(T)
+    want = net.pool.merge_logits(seen["c"], canvas_chain(len(QUESTIONS), T), cvec)
+    assert torch.equal(pred.merge_logit, want)
+    assert torch.equal(pred.merged, pred.merge_logit > 0)
