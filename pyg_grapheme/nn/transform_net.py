@@ -86,6 +86,9 @@ class GraphTransformNet(nn.Module):
             through cross-attention, not the copied question node; docs/model.md).
             Checkpoints written before these two defaults load with the values they
             were trained with (``0`` and ``1``; ``GraphemeModule.network_defaults_before``).
+        head_factorized: a :class:`ByteHead` with one output layer shared by the byte
+            slots (``factorized=True``: ~36k instead of ~264k parameters at hidden 128,
+            free for depth; default ``False``; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -115,6 +118,7 @@ class GraphTransformNet(nn.Module):
         message_gate: float = 0.0,
         run_positions: int = 32,
         canvas_scale: float = 0.02,
+        head_factorized: bool = False,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -158,7 +162,7 @@ class GraphTransformNet(nn.Module):
             hidden, aggr="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
-        self.head = ByteHead(hidden)
+        self.head = ByteHead(hidden, factorized=head_factorized)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
