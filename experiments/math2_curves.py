@@ -64,11 +64,13 @@ def make_budget(probe: list[tuple[str, str]]):
                     epoch=trainer.current_epoch + 1, cpu_s=round(used, 1),
                     epoch_cpu_s=round(used - self.last, 2),
                     val_em=round(float(trainer.callback_metrics.get("val_exact_match", -1)), 4),
-                    train_em=round(train_em / len(probe), 4)))
+                    train_em=round(train_em / len(probe), 4),
+                    train_loss=round(float(trainer.callback_metrics.get("train_loss", -1)), 4)))
                 self.last = used
                 c = CURVE[-1]
                 print(f"  epoch {c['epoch']:3d} cpu {c['cpu_s']:6.1f}s (+{c['epoch_cpu_s']:.1f})"
-                      f"  train EM {c['train_em']:.3f}  val EM {c['val_em']:.3f}", flush=True)
+                      f"  loss {c['train_loss']:.3f}  train EM {c['train_em']:.3f}"
+                      f"  val EM {c['val_em']:.3f}", flush=True)
             super().on_validation_end(trainer, module)
 
     return ProbingBudget
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe", type=int, default=500, help="training questions probed")
     p.add_argument("--graph-kwargs", default="")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the harness: 1e-3)")
     p.add_argument("--gru-hidden", type=int, default=0, help="0: match the graph model")
     p.add_argument("--data-dir", type=Path, default=Path("/work/main/data_cache/baseline"))
     p.add_argument("--profile", type=int, default=0, help="profile this many epochs instead")
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     probe = [] if args.profile else data.pairs["train"][: args.probe]
     sm.CpuBudget = make_budget(probe)  # fit() builds its budget from this name
     common = dict(budget_s=args.budget_s if not args.profile else 1e9, seed=args.seed,
-                  max_epochs=args.profile or 100_000, log=None)
+                  max_epochs=args.profile or 100_000, log=None, lr=args.lr)
     prof = cProfile.Profile() if args.profile else None
 
     def run():
