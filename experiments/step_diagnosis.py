@@ -82,8 +82,8 @@ def build_graph(args, longest: int) -> GraphTransformNet:
     if args.no_canvas_norm:
         model.canvas_norm = nn.Identity()
     if args.detach_merge:  # merge logits train the projection and theta, not the canvas
-        merge_logits = model.pool.merge_logits
-        model.pool.merge_logits = lambda x, e, b=None: merge_logits(x.detach(), e, b)
+        select = model.pool.select  # the model reads its merge logits from the selection
+        model.pool.select = lambda x, *a, **k: select(x.detach(), *a, **k)
     return model
 
 

@@ -86,6 +86,9 @@ class GraphTransformNet(nn.Module):
             through cross-attention, not the copied question node; docs/model.md).
             Checkpoints written before these two defaults load with the values they
             were trained with (``0`` and ``1``; ``GraphemeModule.network_defaults_before``).
+        head_factorized: a :class:`ByteHead` with one output layer shared by the byte
+            slots (``factorized=True``: ~36k instead of ~264k parameters at hidden 128,
+            free for depth; default ``False``; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -115,6 +118,7 @@ class GraphTransformNet(nn.Module):
         message_gate: float = 0.0,
         run_positions: int = 32,
         canvas_scale: float = 0.02,
+        head_factorized: bool = False,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -158,7 +162,7 @@ class GraphTransformNet(nn.Module):
             hidden, aggr="mean", threshold=pool_threshold, similarity="half_cosine",
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
-        self.head = ByteHead(hidden)
+        self.head = ByteHead(hidden, factorized=head_factorized)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -247,11 +251,13 @@ class GraphTransformNet(nn.Module):
             c = cd.reshape(num_graphs * T, -1)
         c = self.dec_norm(c)
         log_probs = self.head(c).log_softmax(dim=-1)
-        z = self.pool.merge_logits(c, cchain)
 
         # The pool's three steps in this frame: its graph break (connect) then splits
-        # only this frame's graph, not every frame of a nested call.
+        # only this frame's graph, not every frame of a nested call. The selection
+        # carries its merge logits: scoring the edges again cost a projection, a cosine
+        # and their backward per step.
         sel = self.pool.select(c, cchain, cvec, num_clusters=num_out)
+        z = sel.merge_logit
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
         # A cluster is a contiguous run: its first node has the smallest index.
         first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)

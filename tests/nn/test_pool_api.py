@@ -301,3 +301,19 @@ def test_digits_default_does_not_collapse_an_image():
     nodes = torch.bincount(new.batch, minlength=64).float()
     assert 0.35 < new.merged.float().mean() < 0.65
     assert nodes.min() >= 4 and nodes.mean() > 10
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(score_norm="none", proj_channels=4, tau=2.0)])
+def test_selection_carries_the_merge_logits_bitwise(kwargs):
+    """``select`` returns the logits ``merge_logits`` computes (a model reads them there
+    instead of scoring the edges twice): equal bit for bit, with the same gradient."""
+    b = grid_batch(2, side=3)
+    pool = ThresholdMergePool(6, **kwargs)
+    x = b.x.clone().requires_grad_()
+    sel = pool.select(x, b.edge_index, b.batch)
+    z = pool.merge_logits(x, b.edge_index, b.batch)
+    assert torch.equal(sel.merge_logit, z)
+    assert torch.equal(torch.sigmoid(sel.merge_logit), sel.merge_prob)
+    (g1,) = torch.autograd.grad(sel.merge_logit.square().sum(), x)
+    (g2,) = torch.autograd.grad(z.square().sum(), x)
+    assert torch.equal(g1, g2)

@@ -206,3 +206,24 @@ def test_canvas_scale_is_a_scaled_canvas_norm():
                               atol=1e-3)
     with pytest.raises(ValueError, match="canvas_scale"):
         GraphTransformNet(canvas_scale=0.0)
+
+
+@pytest.mark.parametrize("block,kw", [("gps", {}), ("pre_ln", {}),
+                                      ("gps", dict(pool_proj_channels=None))])
+def test_merge_logit_is_the_pools_score_of_the_canvas_bitwise(block, kw):
+    """The output's ``merge_logit`` comes from the pool's selection, not a second scoring
+    pass: it equals ``pool.merge_logits`` of the normalised canvas bit for bit, and the
+    decisions are its sign. Without a projection the scores are standardised per
+    question (``score_norm="graph"``): the logits the likelihood reads are those of each
+    question's canvas, as the decisions' are (the second pass had pooled the batch)."""
+    net = small_net(block=block, **kw)
+    inputs, _ = batches()
+    seen = {}
+    net.dec_norm.register_forward_hook(lambda m, a, out: seen.setdefault("c", out))
+    pred = net(inputs)
+    T = net.max_answer_length
+    from pyg_grapheme.nn.transform_net import canvas_chain
+    cvec = torch.arange(len(QUESTIONS)).repeat_interleave(T)
+    want = net.pool.merge_logits(seen["c"], canvas_chain(len(QUESTIONS), T), cvec)
+    assert torch.equal(pred.merge_logit, want)
+    assert torch.equal(pred.merged, pred.merge_logit > 0)

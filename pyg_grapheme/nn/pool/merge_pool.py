@@ -137,6 +137,9 @@ class Selection(NamedTuple):
         kept: the merged edges that are not self-loops :obj:`[E]` (bool).
         counts: whether :meth:`~ThresholdMergePool.coarsen` attaches the expected-count
             gradient (``estimator="counts"``, no forced count, gradient enabled).
+        merge_logit: the logit :math:`z_e` of :obj:`merge_prob` :obj:`[E]`, what
+            :meth:`~ThresholdMergePool.merge_logits` returns for the same input (a model
+            that needs both reads it here instead of scoring the edges twice).
     """
 
     edge_index: Tensor
@@ -147,6 +150,7 @@ class Selection(NamedTuple):
     log_prob: Tensor
     kept: Tensor
     counts: bool
+    merge_logit: Tensor | None = None
 
 
 class Partition(NamedTuple):
@@ -430,7 +434,7 @@ class ThresholdMergePool(torch.nn.Module):
         # -log_prob of the forced decisions is what trains the threshold then.
         counts = (self.estimator == "counts" and num_clusters is None
                   and torch.is_grad_enabled() and p.requires_grad)
-        return Selection(edge_index, batch, num_nodes, p, merged, log_prob, kept, counts)
+        return Selection(edge_index, batch, num_nodes, p, merged, log_prob, kept, counts, z)
 
     @torch.compiler.disable
     def connect(self, sel: Selection) -> Partition:
