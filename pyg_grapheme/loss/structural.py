@@ -234,8 +234,9 @@ def structural_loss(
     # The alignment problem: augmented cost (autograd through the features), marginals.
     Csub = node_cost_matrix(p.x, t.x, node_cost)
     if order_weight > 0:
-        counts = (torch.bincount(s.batch, minlength=B) for s in (ps, ts))
-        Csub = Csub + order_weight * order_cost_matrix(*counts, n, m).to(Csub.dtype)
+        order = order_cost_matrix(torch.bincount(ps.batch, minlength=B),
+                                  torch.bincount(ts.batch, minlength=B), n, m)
+        Csub = Csub + order_weight * order.to(Csub.dtype)
     Ct = _augment_cost(Csub, _indel_cost(indel_cost, node_cost, p.x.size(-1)))
     A, Bm, log_rho = _augment_masses(p.mass, t.mass)
     edges = _Edges(p, t, B, edge_loss, dtype)

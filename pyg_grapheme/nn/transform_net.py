@@ -258,6 +258,7 @@ class GraphTransformNet(nn.Module):
         # and their backward per step.
         sel = self.pool.select(c, cchain, cvec, num_clusters=num_out)
         z = sel.merge_logit
+        assert z is not None  # ThresholdMergePool.select always sets it
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
         # A cluster is a contiguous run: its first node has the smallest index.
         first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)
