@@ -1,5 +1,8 @@
+from collections.abc import Callable
+
 import pytest
 import torch
+from torch._dynamo.backends.registry import lookup_backend
 
 # Two pytest-xdist workers on two cores: one torch thread each avoids oversubscription.
 torch.set_num_threads(1)
@@ -26,3 +29,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def counting(backend: str) -> tuple[Callable, list]:
+    """``backend``, recording every graph dynamo hands it."""
+    graphs: list = []
+
+    def compile_graph(gm, example_inputs):
+        graphs.append(gm)
+        return lookup_backend(backend)(gm, example_inputs)
+
+    return compile_graph, graphs

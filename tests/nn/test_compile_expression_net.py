@@ -3,17 +3,16 @@ and the compiled model (AOT autograd; inductor in the slow run) gives eager's ou
 gradients. Small shapes: dynamo's tracing, not the model's size, sets the time."""
 
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
-from torch._dynamo.backends.registry import lookup_backend
 from torch_geometric.data import Batch
 
 from pyg_grapheme.data.expression import expression_graph, parse_polish
 from pyg_grapheme.data.graphemes import text_to_graph
 from pyg_grapheme.loss import structural_loss
 from pyg_grapheme.nn import ExpressionNet, one_hot_bytes
+from tests.conftest import counting
 
 QUESTIONS = ["(+ 3 4)", "(- (* 12 4) 5)", "(* 7 (+ 2 9))"]
 # A second batch of other sizes (graphs, graphemes, longest question, tokens).
@@ -94,17 +93,6 @@ def loss_of(pred: Batch, targets: Batch) -> torch.Tensor:
         w = torch.linspace(0.5, 2.0, pred[name].numel()).view_as(pred[name])
         loss = loss + (pred[name] * w).sum()
     return loss
-
-
-def counting(backend: str) -> tuple[Callable, list]:
-    """``backend``, recording every graph dynamo hands it."""
-    graphs: list = []
-
-    def compile_graph(gm, example_inputs):
-        graphs.append(gm)
-        return lookup_backend(backend)(gm, example_inputs)
-
-    return compile_graph, graphs
 
 
 def compiled_matches_eager(backend: str, span: bool, training: bool, threshold: float,

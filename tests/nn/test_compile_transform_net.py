@@ -3,11 +3,9 @@ the compiled model (AOT autograd; inductor in the slow run) gives eager's output
 gradients. Small shapes: dynamo's tracing, not the model's size, sets the time."""
 
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
-from torch._dynamo.backends.registry import lookup_backend
 from torch_geometric.data import Batch
 from torch_geometric.nn import GPSConv
 from torch_geometric.utils import cumsum, degree, to_dense_batch
@@ -18,6 +16,7 @@ from pyg_grapheme.nn import GraphTransformNet, PreNormGraphBlock
 from pyg_grapheme.nn.blocks import from_dense_batch, gps_layer
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.transform_net import canvas_chain, chain_edges
+from tests.conftest import counting
 
 QUESTIONS = ["What colour is the sky?", "How many legs?", "caf\u00e9 \U0001F431 12 345", "a"]
 ANSWERS = ["blue", "4", "oui", "bbbbbb"]
@@ -159,17 +158,6 @@ def loss_of(pred, targets) -> torch.Tensor:
     w = torch.linspace(0.5, 2.0, pred.node_weight.numel())
     return (seg + pred.x.pow(2).sum() + (pred.node_weight * w).sum()
             + pred.edge_weight.sum() + pred.log_prob.sum())
-
-
-def counting(backend: str) -> tuple[Callable, list]:
-    """``backend``, recording every graph dynamo hands it."""
-    graphs: list = []
-
-    def compile_graph(gm, example_inputs):
-        graphs.append(gm)
-        return lookup_backend(backend)(gm, example_inputs)
-
-    return compile_graph, graphs
 
 
 def compiled_matches_eager(backend: str, block: str, run_positions: int, forced: bool,
