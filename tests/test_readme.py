@@ -84,6 +84,37 @@ def test_ablation_prose_quotes_the_generated_table():
     assert not missing, f"figures in the prose that the table does not show: {missing}"
 
 
+def _rounded_values(node) -> set[str]:
+    """Every float of a result file, as the tables print it (three decimals)."""
+    if isinstance(node, dict):
+        return set().union(*map(_rounded_values, node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*map(_rounded_values, node)) if node else set()
+    return {f"{node:.3f}"} if isinstance(node, float) else set()
+
+
+def summary_unshown(readme: str = README) -> list[str]:
+    """Figures of the comparison's summary (the hand table and prose above the generated
+    ``baseline_480s`` block) that neither the block, nor a run in its result file (one
+    seed's figure), nor docs/model.md (which the math2 prose cites) shows."""
+    tables = _tables()
+    start = readme.index("### Against byte-level GRU and Transformer")
+    summary = readme[start:readme.index("<!-- generated: baseline_480s -->", start)]
+    shown = tables.render("baseline_480s") + (ROOT / "docs" / "model.md").read_text()
+    runs = _rounded_values(json.loads(
+        (ROOT / "experiments" / "results" / "baseline_480s.json").read_text()))
+    figures = re.findall(r"(?<![\d.])\d\.\d{3}(?!\d)", summary)
+    assert len(figures) >= 30, figures
+    return [f for f in figures if f not in shown and f not in runs]
+
+
+def test_comparison_summary_quotes_the_generated_table():
+    assert not summary_unshown()
+    # a mean edited by hand is caught
+    assert summary_unshown(README.replace("**0.942 ± 0.096**", "**0.952 ± 0.096**")) == \
+        ["0.952"]
+
+
 def quoted_rows(readme: str = README) -> list[tuple[str, str, list[str]]]:
     """The hand-written table of "Where things stand": ``(what, figure, cited files)``."""
     start = readme.index("## Where things stand (measured)")
