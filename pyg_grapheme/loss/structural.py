@@ -380,6 +380,19 @@ def _plan_cross_entropy(
     return plan_cross_entropy
 
 
+def _check_module_options(alpha: float, beta: float, gamma: float, reg: float,
+                          reduction: str, options: dict[str, Any]) -> None:
+    """:class:`StructuralLoss`'s options, as :func:`structural_loss` would check them."""
+    known = inspect.signature(structural_loss).parameters
+    unknown = sorted(set(options) - set(known) - {"pred", "target", "return_components"})
+    if unknown:
+        raise TypeError(f"StructuralLoss: unknown option(s) {unknown}; the options are "
+                        f"structural_loss's: {', '.join(list(known)[2:])}")
+    chosen = {k: options.get(k, known[k].default) for k in ("node_cost", "edge_loss")}
+    _check_options(alpha, beta, gamma, reg, reduction, chosen["node_cost"], chosen["edge_loss"])
+    _check_iterations(**{k: options[k] for k in _ITERATIONS if k in options})
+
+
 class StructuralLoss(nn.Module):
     r"""Module form of :func:`structural_loss` (same options, fixed at construction).
 
@@ -405,15 +418,7 @@ class StructuralLoss(nn.Module):
         super().__init__()
         # Checked here, so a bad option in a YAML fails when the module is built, not at
         # the first batch.
-        options = inspect.signature(structural_loss).parameters
-        unknown = sorted(set(kwargs) - set(options) - {"pred", "target", "return_components"})
-        if unknown:
-            raise TypeError(f"StructuralLoss: unknown option(s) {unknown}; the options are "
-                            f"structural_loss's: {', '.join(list(options)[2:])}")
-        chosen = {k: kwargs.get(k, options[k].default) for k in ("node_cost", "edge_loss")}
-        _check_options(alpha, beta, gamma, reg, reduction, chosen["node_cost"],
-                       chosen["edge_loss"])
-        _check_iterations(**{k: kwargs[k] for k in _ITERATIONS if k in kwargs})
+        _check_module_options(alpha, beta, gamma, reg, reduction, kwargs)
         self.alpha, self.beta, self.gamma, self.reg = alpha, beta, gamma, reg
         self.reduction = reduction
         self.kwargs = kwargs
