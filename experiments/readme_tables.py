@@ -1,11 +1,13 @@
-"""Write, or check, the README's generated tables from committed result files.
+"""Write, or check, the generated tables of README.md and docs/*.md from committed results.
 
-A table in README.md between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``
-is rendered from ``experiments/results/NAME.json`` (what an experiment wrote with
-``--out``; several runs of it are listed under ``"runs"``), so its figures are the
-measured ones and cannot drift by hand; a name in :data:`SECTIONS` renders one table from
-several files (the speed table: a row per benchmark). ``tests/test_readme.py`` runs the
-check. The cheap benchmarks write their files with :func:`write_result`.
+A table in a page between ``<!-- generated: NAME -->`` and ``<!-- end generated -->`` is
+rendered from ``experiments/results/NAME.json`` (what an experiment wrote with ``--out``;
+several runs of it are listed under ``"runs"``), so its figures are the measured ones and
+cannot drift by hand; a name in :data:`SECTIONS` renders one table from several files
+(the README's speed table: a row per benchmark), the other names a file's full table by
+its ``"kind"`` (:data:`RENDERERS`; the docs pages show the benchmarks' full tables).
+``tests/test_readme.py`` runs the check. The benchmarks write their files with
+:func:`write_result`.
 
     python experiments/readme_tables.py            # rewrite the generated sections
     python experiments/readme_tables.py --check    # exit 1 naming a stale section
@@ -25,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
+#: The pages whose generated sections :func:`main` keeps current.
+PAGES: tuple[Path, ...] = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 SECTION = re.compile(
     r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
@@ -142,14 +146,103 @@ def convert_row(payload: dict) -> str:
             f"{_setting(payload)} | `{payload['command']}` |\n")
 
 
+def dataset_row(payload: dict) -> str:
+    """``bench_dataset.py --out``: peak memory of building a dataset cache, and loading it."""
+    build, load = _stages(payload)
+    return (f"| dataset cache from a {payload['file_mb']:.0f} MB QA JSONL file "
+            f"({payload['pairs']:,} pairs), built then loaded, each in a fresh process | "
+            f"peak RSS {build['peak_mb'] / 1e3:.1f} GB building (growth "
+            f"{_growth(build, payload):.0f}x the file), {load['peak_mb'] / 1e3:.1f} GB loading; "
+            f"the cache {payload['cache_mb'] / 1e3:.2f} GB "
+            f"({payload['cache_mb'] / payload['file_mb']:.0f}x the file); "
+            f"{_setting(payload)} | `{payload['command']}` |\n")
+
+
+def _stages(payload: dict) -> tuple[dict, dict]:
+    stages = {s["stage"]: s for s in payload["stages"]}
+    return stages["build"], stages["load"]
+
+
+def _growth(stage: dict, payload: dict) -> float:
+    """Peak RSS over the bare interpreter's, as a multiple of the file's size."""
+    return (stage["peak_mb"] - stage["base_mb"]) / payload["file_mb"]
+
+
+def _footer(payload: dict) -> str:
+    return f"\n{_setting(payload)}, one run:\n\n```\n{payload['command']}\n```\n"
+
+
+def pool_table(payload: dict) -> str:
+    """``bench_pool.py --out``, docs/pooling.md: every layer's CPU and wall time."""
+    layers = payload["layers"]
+    ours = layers["ThresholdMergePool"]
+    text = ("| layer | CPU ms fwd+bwd | wall ms | CPU time relative to ThresholdMergePool |\n"
+            "|---|---|---|---|\n")
+    for name, t in sorted(layers.items(), key=lambda kv: kv[1]["cpu_s"]):
+        text += (f"| {name} | {1e3 * t['cpu_s']:.2f} | {1e3 * t['wall_s']:.2f} | "
+                 f"{t['cpu_s'] / ours['cpu_s']:.2f}x |\n")
+    edge, top = layers["EdgePooling"], layers["TopKPooling(0.5)"]
+    text += (f"\nEdgePooling / ours = {edge['cpu_s'] / ours['cpu_s']:.1f}x CPU, "
+             f"{edge['wall_s'] / ours['wall_s']:.1f}x wall (target >= 10x); ours / TopKPooling "
+             f"= {ours['cpu_s'] / top['cpu_s']:.2f}x CPU, {ours['wall_s'] / top['wall_s']:.2f}x "
+             f"wall (target <= 2x). {payload['graphs']} chains x {payload['length']} nodes, "
+             f"{payload['dim']}-dim, {payload['kept_nodes']} of "
+             f"{payload['graphs'] * payload['length']} nodes kept, median of "
+             f"{payload['repeats']} interleaved rounds; ")
+    return text + _footer(payload).lstrip("\n")
+
+
+def convert_table(payload: dict) -> str:
+    """``bench_convert.py --out``, docs/data.md: rates and speed-ups per mode, memory."""
+    rows = {(r["mode"], r["converter"]): r for r in payload["rows"]}
+    text = ("| mode | text_to_graph | per-char loop | speed-up | regex `\\X` loop | speed-up |\n"
+            "|---|---|---|---|---|---|\n")
+    for mode, label in (("bulk", f"bulk (one {payload['mb']:.0f} MB string)"),
+                        ("per paragraph", "per paragraph (one call per CRLF paragraph)")):
+        ours, loop, rx = (rows[mode, c] for c in ("text_to_graph", "per-char loop",
+                                                   "regex \\X loop"))
+        rate = ours["nodes"] / ours["seconds"] / 1e6
+        mb_s = f" ({payload['mb'] / ours['seconds']:.1f} MB/s)" if mode == "bulk" else ""
+        text += (f"| {label} | {rate:.2f} M graphemes/s{mb_s} | "
+                 f"{loop['nodes'] / loop['seconds'] / 1e6:.3f} M chars/s | "
+                 f"**{loop['speed_up']:.1f}x** | {rx['nodes'] / rx['seconds'] / 1e6:.3f} M "
+                 f"graphemes/s | {rx['speed_up']:.1f}x |\n")
+    mem = payload["memory"]
+    rss = (f"peak RSS growth {mem['rss_peak_mb_per_mb']:.1f} MB per MB of text; "
+           if "rss_peak_mb_per_mb" in mem else "")
+    text += (f"\nMemory of one bulk conversion of {mem['mb']:.0f} MB ({mem['nodes']:,} nodes) "
+             f"in a fresh process: {rss}tracemalloc peak {mem['tracemalloc_peak_mb_per_mb']:.1f}"
+             f" MB per MB; result tensors {mem['result_mb_per_mb']:.1f} MB per MB; "
+             f"gc-tracked Python objects {mem['kept_objects']:+d} after it. Best of "
+             f"{payload['repeat']} runs for text_to_graph, {payload['baseline_repeat']} for "
+             f"the loops; ")
+    return text + _footer(payload).lstrip("\n")
+
+
+def dataset_table(payload: dict) -> str:
+    """``bench_dataset.py --out``, docs/data.md: peak RSS of the cache build and load."""
+    text = ("| stage | pairs | peak RSS MB | over the interpreter's | x file size | s |\n"
+            "|---|---|---|---|---|---|\n")
+    for s in payload["stages"]:
+        text += (f"| {s['stage']} | {s['pairs']:,} | {s['peak_mb']:.0f} | "
+                 f"{s['peak_mb'] - s['base_mb']:.0f} | {_growth(s, payload):.1f} | "
+                 f"{s['seconds']:.1f} |\n")
+    text += (f"\nA {payload['file_mb']:.1f} MB file; the cache is {payload['cache_mb']:.0f} MB "
+             f"({payload['cache_mb'] / payload['file_mb']:.1f}x the file); ")
+    return text + _footer(payload).lstrip("\n")
+
+
 #: How each result file is rendered (by its "kind"; default: the comparison table).
-RENDERERS: dict[str, Callable[[dict], str]] = {"comparison": comparison, "ablation": ablation}
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "comparison": comparison, "ablation": ablation, "bench_pool": pool_table,
+    "bench_convert": convert_table, "bench_dataset": dataset_table}
 #: Table rows, one per result file, for the sections of :data:`SECTIONS`.
 ROWS: dict[str, Callable[[dict], str]] = {"bench_model": model_row, "bench_pool": pool_row,
-                                          "bench_convert": convert_row}
+                                          "bench_convert": convert_row,
+                                          "bench_dataset": dataset_row}
 #: Sections rendered as one table from several result files, a row each.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "benchmarks": ("bench_model", "bench_pool", "bench_convert")}
+    "benchmarks": ("bench_model", "bench_pool", "bench_convert", "bench_dataset")}
 
 
 def render(name: str) -> str:
@@ -186,21 +279,24 @@ def update(text: str) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="do not write; exit 1 if stale")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    ap.add_argument("--readme", "--page", dest="pages", type=Path, action="append",
+                    help="a page to render (repeatable); default: README.md and docs/*.md")
     args = ap.parse_args(argv)
-    text = args.readme.read_text()
-    new, stale = update(text)
-    if args.check:
+    status = 0
+    for page in args.pages or PAGES:
+        text = page.read_text()
+        new, stale = update(text)
+        if args.check:
+            if stale:
+                print(f"{page}: stale generated section(s): {', '.join(stale)}; "
+                      "run python experiments/readme_tables.py")
+                status = 1
+            continue
+        if new != text:
+            page.write_text(new)
         if stale:
-            print(f"{args.readme}: stale generated section(s): {', '.join(stale)}; "
-                  "run python experiments/readme_tables.py")
-            return 1
-        return 0
-    if new != text:
-        args.readme.write_text(new)
-    print(f"{args.readme}: {len(stale)} section(s) rewritten" + (f": {', '.join(stale)}" if stale
-                                                                else ""))
-    return 0
+            print(f"{page}: {len(stale)} section(s) rewritten: {', '.join(stale)}")
+    return status
 
 
 if __name__ == "__main__":

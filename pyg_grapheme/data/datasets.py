@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import importlib.resources
 import marshal
@@ -49,10 +50,6 @@ __all__ = [
     "kindergarten_path",
     "resolve_dataset",
 ]
-
-# The cache stores the class of its records; let torch.load(weights_only=True) (what
-# PyG's loader tries first) accept it instead of falling back with a warning.
-torch.serialization.add_safe_globals([PairData])
 
 
 class CacheError(ValueError):
@@ -84,8 +81,13 @@ def callable_key(fn: Callable | None) -> str:
     return f"{type(fn).__module__}.{type(fn).__qualname__}:{text}:{id(fn)}"
 
 
-_resource_files = contextlib.ExitStack()
-atexit.register(_resource_files.close)
+@functools.cache
+def _resource_files() -> contextlib.ExitStack:
+    """The extracted resources of a zipped install, closed at exit: the hook is registered
+    on first use, so importing the package registers nothing."""
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+    return stack
 
 
 def kindergarten_path() -> Path:
@@ -95,7 +97,7 @@ def kindergarten_path() -> Path:
     if isinstance(resource, Path):
         return resource
     # A zipped install: extract once, kept until the interpreter exits.
-    return _resource_files.enter_context(importlib.resources.as_file(resource))
+    return _resource_files().enter_context(importlib.resources.as_file(resource))
 
 
 #: Pairs collated at a time while a dataset cache is built (bounds the build's memory).
@@ -216,6 +218,9 @@ class TextPairDataset(InMemoryDataset):
         """Load a cache written by :meth:`process` with ``weights_only=True`` and no
         fallback (PyG's loader falls back to ``weights_only=False``)."""
         hint = f"delete {os.path.dirname(path)!r} to rebuild it"
+        # The cache stores the class of its records: allow it (here, not at import, which
+        # would change torch's global allow-list for every importer; idempotent).
+        torch.serialization.add_safe_globals([PairData])
         try:
             out = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:

@@ -108,10 +108,6 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
     return classes, _pair_rules().reshape(-1)
 
 
-def _utf8_length(cps: np.ndarray) -> np.ndarray:
-    return 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
-
-
 def grapheme_spans(text: str) -> np.ndarray:
     """Code-point length of each extended grapheme cluster of ``text`` (``int64`` array).
 

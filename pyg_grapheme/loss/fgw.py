@@ -382,6 +382,18 @@ def _warn_if_unconverged(residual: Tensor, err: Tensor, outer_tol: float, tol: f
 
 
 
+def _check_iterations(**counts: int | None) -> None:
+    """Iteration counts, each an integer: the annealing lengths (``outer_iter``,
+    ``anneal_iter``) and ``max_outer`` may be 0 (no annealing, no stationary step), the
+    Sinkhorn caps (``inner_iter``, ``max_iter``) are at least 1. ``None``: the default."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        low = 1 if name in ("inner_iter", "max_iter") else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 @torch.no_grad()
 def fgw(
     M: Tensor,
@@ -438,6 +450,8 @@ def fgw(
     _check_edge_loss(edge_loss)
     if reg <= 0:
         raise ValueError(f"reg must be > 0, got {reg}")
+    _check_iterations(outer_iter=outer_iter, inner_iter=inner_iter, max_iter=max_iter,
+                      max_outer=max_outer)
     if M.dim() not in (2, 3):
         raise ValueError(f"M must have shape [n, m] or [B, n, m], got {tuple(M.shape)}")
     if M.size(-1) == 0 or M.size(-2) == 0:

@@ -73,6 +73,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -90,7 +91,13 @@ from pyg_grapheme.loss.costs import (
     node_cost_matrix,
     order_cost_matrix,
 )
-from pyg_grapheme.loss.fgw import FGWResult, _default_tol, _solve_fgw, fgw
+from pyg_grapheme.loss.fgw import (
+    FGWResult,
+    _check_iterations,
+    _default_tol,
+    _solve_fgw,
+    fgw,
+)
 from pyg_grapheme.loss.inputs import (
     _autocast_off,
     _check_reduction,
@@ -221,6 +228,8 @@ def structural_loss(
         builds the plan, the cross-entropy trains the head on it).
     """
     _check_options(alpha, beta, gamma, reg, reduction, node_cost, edge_loss)
+    _check_iterations(outer_iter=outer_iter, anneal_iter=anneal_iter, inner_iter=inner_iter,
+                      max_iter=max_iter, max_outer=max_outer)
     if not order_weight >= 0:
         raise ValueError(f"order_weight must be >= 0, got {order_weight}")
     ps, ts = _read_pair(pred, target)
@@ -282,6 +291,10 @@ def structural_loss(
         "residual": sol.residual,
         "plan_cross_entropy": _plan_cross_entropy(P, ps, ts, n, m),
     }
+
+
+#: The solver's iteration counts (checked by ``_check_iterations``).
+_ITERATIONS = ("outer_iter", "anneal_iter", "inner_iter", "max_iter", "max_outer")
 
 
 def _check_options(alpha: float, beta: float, gamma: float, reg: float, reduction: str,
@@ -367,6 +380,19 @@ def _plan_cross_entropy(
     return plan_cross_entropy
 
 
+def _check_module_options(alpha: float, beta: float, gamma: float, reg: float,
+                          reduction: str, options: dict[str, Any]) -> None:
+    """:class:`StructuralLoss`'s options, as :func:`structural_loss` would check them."""
+    known = inspect.signature(structural_loss).parameters
+    unknown = sorted(set(options) - set(known) - {"pred", "target", "return_components"})
+    if unknown:
+        raise TypeError(f"StructuralLoss: unknown option(s) {unknown}; the options are "
+                        f"structural_loss's: {', '.join(list(known)[2:])}")
+    chosen = {k: options.get(k, known[k].default) for k in ("node_cost", "edge_loss")}
+    _check_options(alpha, beta, gamma, reg, reduction, chosen["node_cost"], chosen["edge_loss"])
+    _check_iterations(**{k: options[k] for k in _ITERATIONS if k in options})
+
+
 class StructuralLoss(nn.Module):
     r"""Module form of :func:`structural_loss` (same options, fixed at construction).
 
@@ -390,6 +416,9 @@ class StructuralLoss(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        # Checked here, so a bad option in a YAML fails when the module is built, not at
+        # the first batch.
+        _check_module_options(alpha, beta, gamma, reg, reduction, kwargs)
         self.alpha, self.beta, self.gamma, self.reg = alpha, beta, gamma, reg
         self.reduction = reduction
         self.kwargs = kwargs

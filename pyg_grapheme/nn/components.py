@@ -5,7 +5,8 @@ index of each component (component ``k`` is the ``k``-th component to appear whe
 the nodes are read in index order):
 
 * ``"torch"``: min-label hooking with :meth:`torch.Tensor.scatter_reduce_` plus
-  pointer jumping (a Shiloach-Vishkin style forest of stars). Stays on the device of
+  pointer jumping (a forest of stars in the style of Shiloach and Vishkin, "An
+  O(log n) Parallel Connectivity Algorithm", J. Algorithms 3(1), 1982). Stays on the device of
   the input, so it is the method on CUDA; one host sync per round for the
   convergence check.
 * ``"scipy"``: :func:`scipy.sparse.csgraph.connected_components` on a COO copy of

@@ -31,6 +31,12 @@ class DAGConv(MessagePassing):
     layer returns the branch :math:`\mathrm{GELU}(\cdots)` alone, for pre-LN blocks that
     add it to their own residual stream (:math:`\mathbf{h} + f(\mathrm{LN}(\mathbf{h}))`).
 
+    References: separate weights along and against an edge's direction as in the
+    syntactic GCN of Marcheggiani and Titov, "Encoding Sentences with Graph Convolutional
+    Networks for Semantic Role Labeling" (EMNLP 2017), and the in- and out-neighbour
+    aggregations of Dir-GNN, Rossi et al., "Edge Directionality Improves Learning on
+    Heterophilic Graphs" (LoG 2023).
+
     Args:
         channels: input and output size.
         backward: also pass messages against edge direction (default ``True``).

@@ -54,10 +54,10 @@ class ExpressionNet(nn.Module):
         edge_bias: initial logit of every edge (:class:`EdgeHead`'s ``bias_init``).
         span_features: give the edge head, for each pair, the sum of the encoder's
             features over the question text between the two tokens (signed; a span
-            representation as in span-based parsers, Stern et al. 2017). Measured: without
-            it the level-2 edge term stalled at ~2.5 disagreeing edges per tree, the root
-            linked to every node (a child at one place is a grandchild at the same place
-            in the other shape). Default ``True``.
+            representation as in span-based parsers, Stern et al. 2017). Without it the
+            level-2 edge term stalled with the root linked to every node (a child at one
+            place is a grandchild at the same place in the other shape; docs/expression.md).
+            Default ``True``.
         edge_natural_gradient: :class:`EdgeHead`'s ``natural_gradient`` (default
             ``False``).
         dropout: attention dropout (default ``0``).

@@ -82,11 +82,11 @@ class ByteHead(nn.Module):
         ``smoothing`` added to every count.
 
         A model whose head already predicts the answers' marginal at step 0 need not
-        learn it by making every question's features alike: measured on the kindergarten
-        set, without it the head's inputs for different questions collapsed to cosine
-        1.0 within 10 steps and stayed there for ~50 (one answer for every question);
-        with it the model told the questions apart from step ~20 (the "init well" advice
-        of setting the last layer's bias to the data prior). It can also hold a model
+        learn it by making every question's features alike: on the kindergarten set,
+        without it the head's inputs for different questions collapsed to one direction
+        for tens of steps (one answer for every question), with it the model told the
+        questions apart far sooner (docs/model.md; the "init well" advice of setting the
+        last layer's bias to the data prior). It can also hold a model
         where it starts: at the marginal the gradients of the shared weights average out
         over the questions, and place value stayed at chance with it (docs/model.md), so
         :class:`~pyg_grapheme.training.GraphemeModule` leaves it off by default.
