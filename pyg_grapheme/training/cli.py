@@ -91,13 +91,6 @@ def load_checkpoint(path: str | Path) -> GraphemeModule:
     return module.eval()
 
 
-def check_checkpoint(path: str | Path | None) -> None:
-    """Fail before training when ``--ckpt_path`` points at an unreadable file."""
-    if path is None or str(path) in {"last", "best", "hpc", "registry"}:
-        return
-    read_checkpoint(path)
-
-
 def default_loggers(save_dir: str | Path) -> list:
     """The loggers of a run without ``trainer.logger`` in its config: CSV (``metrics.csv``,
     always) and TensorBoard when ``tensorboard`` is installed, both in
