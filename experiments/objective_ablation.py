@@ -179,17 +179,22 @@ def format_table(payload: dict) -> str:
     fastest = min((f for f in firsts if f is not None), default=None)
     scores = [e["math1"]["test_exact"] for e in entries if "test_exact" in e.get("math1", {})]
     best = max(scores, default=None)
-    lines = [f"| objective | kindergarten: first epoch with every answer right (of "
-             f"{args['epochs']}) | math1: test exact match ({args['budget_s']:g} CPU s) |",
-             "|---|---|---|"]
+    # A task no objective ran (``--tasks math1``) gets no column.
+    ran = [task for task in ("kindergarten", "math1") if any(task in e for e in entries)]
+    heads = {"kindergarten": f"kindergarten: first epoch with every answer right (of "
+                             f"{args['epochs']})",
+             "math1": f"math1: test exact match ({args['budget_s']:g} CPU s)"}
+    lines = ["| objective | " + " | ".join(heads[task] for task in ran) + " |",
+             "|---" * (len(ran) + 1) + "|"]
     for entry in entries:
-        k, m = kindergarten_cell(entry), math1_cell(entry)
+        cells = {"kindergarten": kindergarten_cell(entry), "math1": math1_cell(entry)}
         if fastest is not None and entry.get("kindergarten", {}).get(
                 "first_perfect_epoch") == fastest:
-            k = f"**{k}**"
+            cells["kindergarten"] = f"**{cells['kindergarten']}**"
         if best is not None and entry.get("math1", {}).get("test_exact") == best:
-            m = f"**{m}**"
-        lines.append(f"| {LABELS.get(entry['name'], entry['name'])} | {k} | {m} |")
+            cells["math1"] = f"**{cells['math1']}**"
+        lines.append(f"| {LABELS.get(entry['name'], entry['name'])} | "
+                     + " | ".join(cells[task] for task in ran) + " |")
     return "\n".join(lines) + "\n"
 
 
