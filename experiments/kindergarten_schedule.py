@@ -14,11 +14,13 @@ the first 100% and the CPU seconds; the table's last column is the epochs to 100
 those of the first config, measured in the same invocation (the peer). ``--curve``
 prints the per-validation diagnostics of every run.
 
-    OMP_NUM_THREADS=1 python experiments/kindergarten_schedule.py --seeds 0,1,2 \\
-        --config "yaml=" --config "clip 1=--trainer.gradient_clip_val 1"
-    # a held-out variant of the data (see kindergarten_variants.py)
+    OLD="--model.init_args.init_head_prior false --model.optimizer.lr 0.001 \\
+         --model.model.pool_tau 1.0 --model.lr_scheduler null"   # the config before issue 11
+    OMP_NUM_THREADS=1 python experiments/kindergarten_schedule.py --seeds 0,1,2 --curve \\
+        --config "make run=" --config "previous=$OLD"
+    # a held-out variant of the data (kindergarten_variants.py writes them)
     OMP_NUM_THREADS=1 python experiments/kindergarten_schedule.py --seeds 0 \\
-        --data experiments/results/kg_rephrased.jsonl --config "yaml="
+        --data runs/kg_variants/kg_rephrased.jsonl --config "make run=" --config "previous=$OLD"
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ def one_run(overrides: Sequence[str], seed: int, data: str | None, epochs: int |
                 "--trainer.callbacks+=kindergarten_schedule.AnswerStats",
                 f"--trainer.callbacks.path={stats}", "--trainer.enable_progress_bar=false",
                 "--model.init_args.num_examples=0", *overrides]
-        if data:
-            argv += ["--data.train_file", data]
+        if data:  # the CLI runs in the temporary folder: a relative path would miss
+            argv += ["--data.train_file", str(Path(data).resolve()) if Path(data).exists()
+                     else data]
         if epochs:
             argv += ["--trainer.max_epochs", str(epochs)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
