@@ -1,4 +1,5 @@
-"""GraphemeModule: the LightningModule that trains GraphTransformNet with the structural loss."""
+"""GraphemeModule: the LightningModule that trains GraphTransformNet (the segmentation
+likelihood by default; the structural loss and the aligned cross-entropy as options)."""
 
 from __future__ import annotations
 
@@ -87,8 +88,7 @@ class GraphemeModule(InjectedModule):
                        optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
 
     Gradient clipping is the ``Trainer``'s (``gradient_clip_val``; the shipped configs
-    clip the 2-norm at 0.25: on kindergarten the loss fell in 93 of the first 99 epochs
-    with 0.25, 89 with 0.5, 88 without clipping). Checkpoints keep ``class_path``
+    clip the 2-norm at 0.25, measured in docs/training.md). Checkpoints keep ``class_path``
     configs, so :meth:`load_from_checkpoint` rebuilds the network; a network built in
     Python has none and must be passed again (``model=...``). Checkpoints with the old
     flat hyperparameters (``hidden``, ``block``, ``lr``, ...) are translated.
