@@ -7,11 +7,12 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import cumsum, degree
 
-from pyg_grapheme.nn.blocks import gps_layer, reading_order
+from pyg_grapheme.nn.blocks import gps_layer
 from pyg_grapheme.nn.edge_head import EdgeHead, all_pairs
 from pyg_grapheme.nn.encoder import GraphemeEncoder, node_positions
 from pyg_grapheme.nn.head import ByteHead
 from pyg_grapheme.nn.pool import Partition, Selection, ThresholdMergePool
+from pyg_grapheme.nn.transform_net import _check_length, _output_batch, _read_sizes
 
 __all__ = ["ExpressionNet", "hard_graphs"]
 
@@ -126,7 +127,7 @@ class ExpressionNet(nn.Module):
         its longest question (a host sync), calls :meth:`tensor_forward`, the compiled
         frame, with plain tensors and ints, and builds the output ``Batch`` from its
         fields, each outside :mod:`torch._dynamo`."""
-        x, chain, vec, num_graphs, ptr, longest = _read_sizes(batch)
+        x, chain, vec, num_graphs, _, ptr, longest = _read_sizes(batch)
         _check_length(self.encoder, longest)
         fields = self.tensor_forward(x, chain, vec, ptr, num_graphs, longest)
         # The node mass, keep times the pool's, is taken here, in eager: inside the
@@ -195,22 +196,6 @@ class ExpressionNet(nn.Module):
 
 
 @torch.compiler.disable
-def _read_sizes(batch: Batch) -> tuple[Tensor, Tensor, Tensor, int, Tensor, int]:
-    """``(x, chain, vec, num_graphs, ptr, longest)`` of a batch of text graphs
-    (:func:`~pyg_grapheme.nn.blocks.reading_order`, the graphs' pointers and the most
-    nodes in a graph, a host sync), outside :mod:`torch._dynamo`."""
-    vec, num_graphs, chain = reading_order(batch)
-    sizes = degree(vec, num_graphs, dtype=torch.long)
-    longest = int(sizes.max()) if batch.x.size(0) else 0
-    return batch.x, chain, vec, num_graphs, cumsum(sizes), longest
-
-
-@torch.compiler.disable
-def _check_length(encoder: GraphemeEncoder, longest: int) -> None:
-    encoder.check_length(longest, stacklevel=4)
-
-
-@torch.compiler.disable
 def _connect_tokens(
     pool: ThresholdMergePool, sel: Selection, num_graphs: int
 ) -> tuple[Partition, Tensor, int]:
@@ -222,15 +207,6 @@ def _connect_tokens(
     tvec = part.quotient.batch
     longest = int(degree(tvec, num_graphs).max()) if tvec.numel() else 0
     return part, all_pairs(tvec, num_graphs), longest
-
-
-@torch.compiler.disable
-def _output_batch(num_graphs: int, fields: dict[str, Tensor]) -> Batch:
-    """The output container, built outside :mod:`torch._dynamo` (PyG's ``Batch`` makes
-    its class in a metaclass call that dynamo traces wrongly)."""
-    pred = Batch(**fields)
-    pred._num_graphs = num_graphs
-    return pred
 
 
 @torch.no_grad()
