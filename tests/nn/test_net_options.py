@@ -19,11 +19,11 @@ def _inputs():
 @pytest.mark.parametrize("block", ["gps", "pre_ln"])
 def test_transform_net_pool_tau_scales_the_merge_logits(block):
     torch.manual_seed(0)
-    base = GraphTransformNet(hidden=16, heads=2, max_answer_length=8, block=block).eval()
-    hot = GraphTransformNet(hidden=16, heads=2, max_answer_length=8, block=block,
-                            pool_tau=0.5).eval()
+    base = GraphTransformNet(hidden=16, heads=2, max_answer_length=8, block=block,
+                             pool_tau=1.0).eval()
+    hot = GraphTransformNet(hidden=16, heads=2, max_answer_length=8, block=block).eval()
     hot.load_state_dict(base.state_dict())
-    assert hot.pool.tau == 0.5
+    assert hot.pool.tau == 0.5  # the default
     with torch.no_grad():
         z, z_hot = base(_inputs()).merge_logit, hot(_inputs()).merge_logit
     torch.testing.assert_close(z_hot, 2 * z)
