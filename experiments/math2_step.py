@@ -8,6 +8,10 @@ same run. ``old`` is the default plus the second scoring pass of the pool's merg
 that ``tensor_forward`` made before the selection carried them (the same maths).
 
     python experiments/math2_step.py --reps 40
+    python experiments/math2_step.py --profile 20   # the default's step, by part
+
+``--profile N``: N training steps of the default (after 3 warm-up steps), process CPU
+time split into forward (with the loss), backward, gradient clipping and ``Adam.step``.
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ VARIANTS = {
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=40)
-    p.add_argument("--data-dir", type=Path, default=Path("/work/main/data_cache/baseline"))
+    p.add_argument("--data-dir", type=Path, default=Path("data_cache/baseline"))
+    p.add_argument("--profile", type=int, default=0, metavar="N")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = load_task("math2", args.data_dir, 0)
     train = [PairData.from_texts(q, a) for q, a in data.pairs["train"][:640]]
     batches = list(DataLoader(train, batch_size=32, shuffle=False, follow_batch=FOLLOW_BATCH))
+    if args.profile:
+        return profile_step(batches, args.profile)
     models, opts = {}, {}
     for name, kw in VARIANTS.items():
         torch.manual_seed(0)
@@ -84,6 +91,39 @@ def main(argv: list[str] | None = None) -> None:
         med = statistics.median(times[name])
         n = sum(q.numel() for q in model.parameters())
         print(f"| {name} | {n:,} | {med:.1f} | {med / base:.2f} |")
+
+
+def profile_step(batches: list, steps: int) -> None:
+    """The default's training step by part: CPU time of each part summed over ``steps``
+    steps (after 3 warm-up steps), as shares of the whole step."""
+    torch.manual_seed(0)
+    model = GraphTransformNet(max_answer_length=8).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    parts = {"forward + loss": 0.0, "backward": 0.0, "clip": 0.0, "Adam.step": 0.0}
+    for rep in range(steps + 3):
+        inputs, targets = split_pair_batch(batches[rep % len(batches)])
+        marks = [time.process_time()]
+        pred = model(inputs)
+        loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
+                                targets.x, targets.batch, targets.num_graphs)
+        marks.append(time.process_time())
+        opt.zero_grad()
+        loss.backward()
+        marks.append(time.process_time())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        marks.append(time.process_time())
+        opt.step()
+        marks.append(time.process_time())
+        if rep >= 3:
+            for i, name in enumerate(parts):
+                parts[name] += marks[i + 1] - marks[i]
+    total = sum(parts.values())
+    print(f"torch threads {torch.get_num_threads()}; the default's training step, "
+          f"{steps} steps, {1e3 * total / steps:.1f} CPU ms per step")
+    print("| part | CPU ms per step | share |")
+    print("|---|---|---|")
+    for name, t in parts.items():
+        print(f"| {name} | {1e3 * t / steps:.1f} | {100 * t / total:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ count), pairs whose stationarity residual is above 1e-3 / 1e-4, and the CPU time
 length, annealing length / start (``outer_iter``, ``reg_init``, idea (d) of issue 10),
 flush-to-zero of denormals. ``--compile``: one Sinkhorn block of 10 iterations on 64
 pairs of 61 x 61 (float32), eager against ``torch.compile`` (idea (a)), with the compile
-time and the largest difference.
+time and the largest difference. ``--profile``: the table 2 problem's forward + backward
+by operator (``torch.profiler``, self CPU time).
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --variants
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --compile
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --profile
 """
 
 from __future__ import annotations
@@ -158,10 +160,40 @@ def compiled_block(repeats: int = 7) -> None:
         print(f"| {k} | {1e6 * t:.1f} | {base / t:.2f}x |")
 
 
+def profile(rows: int = 12) -> None:
+    """Where the CPU time of one forward + backward of the table 2 problem at the
+    defaults goes, by operator (``torch.profiler``, self CPU time; one warm-up run)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    pred, tgt, kw = next(iter(problems().values()))
+
+    def run() -> None:
+        p = pred.clone()
+        p.x.requires_grad_()
+        p.edge_weight.requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structural_loss(p, tgt, **kw).sum().backward()
+
+    run()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print("| operator (table 2 problem, defaults) | calls | self CPU ms | share |")
+    print("|---|---|---|---|")
+    for e in events[:rows]:
+        print(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e3:.0f} | "
+              f"{100 * e.self_cpu_time_total / total:.0f}% |")
+    print(f"| all | | {total / 1e3:.0f} | 100% |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -169,6 +201,8 @@ def main() -> None:
         return variants()
     if args.compile:
         return compiled_block()
+    if args.profile:
+        return profile()
     count = {"solves": 0, "iters": 0, "mac": 0}
     solve, bmm, baddbmm = SK.solve, torch.bmm, torch.baddbmm
 
