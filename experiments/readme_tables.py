@@ -169,7 +169,8 @@ def _growth(stage: dict, payload: dict) -> float:
 
 
 def _footer(payload: dict) -> str:
-    return f"\n{_setting(payload)}, one run:\n\n```\n{payload['command']}\n```\n"
+    """The end of a full table's note: the setting and the command that wrote the file."""
+    return f"{_setting(payload)}, one run:\n\n```\n{payload['command']}\n```\n"
 
 
 def pool_table(payload: dict) -> str:
@@ -189,7 +190,7 @@ def pool_table(payload: dict) -> str:
              f"{payload['dim']}-dim, {payload['kept_nodes']} of "
              f"{payload['graphs'] * payload['length']} nodes kept, median of "
              f"{payload['repeats']} interleaved rounds; ")
-    return text + _footer(payload).lstrip("\n")
+    return text + _footer(payload)
 
 
 def convert_table(payload: dict) -> str:
@@ -216,7 +217,7 @@ def convert_table(payload: dict) -> str:
              f"gc-tracked Python objects {mem['kept_objects']:+d} after it. Best of "
              f"{payload['repeat']} runs for text_to_graph, {payload['baseline_repeat']} for "
              f"the loops; ")
-    return text + _footer(payload).lstrip("\n")
+    return text + _footer(payload)
 
 
 def dataset_table(payload: dict) -> str:
@@ -229,7 +230,7 @@ def dataset_table(payload: dict) -> str:
                  f"{s['seconds']:.1f} |\n")
     text += (f"\nA {payload['file_mb']:.1f} MB file; the cache is {payload['cache_mb']:.0f} MB "
              f"({payload['cache_mb'] / payload['file_mb']:.1f}x the file); ")
-    return text + _footer(payload).lstrip("\n")
+    return text + _footer(payload)
 
 
 #: How each result file is rendered (by its "kind"; default: the comparison table).

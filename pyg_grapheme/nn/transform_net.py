@@ -313,7 +313,6 @@ class GraphTransformNet(nn.Module):
 
 
 @torch.compiler.disable
-@torch.compiler.disable
 def _read_sizes(batch: Batch) -> tuple[Tensor, Tensor, Tensor, int, Tensor, Tensor, int]:
     """``(x, chain, vec, num_graphs, sizes, ptr, longest)`` of a batch of text graphs
     (:func:`~pyg_grapheme.nn.blocks.reading_order`, nodes per graph, their pointers and
