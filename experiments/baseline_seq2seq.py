@@ -385,8 +385,10 @@ def answer_slots(data: TaskData) -> int:
     return max(8, -(-longest // 8) * 8)
 
 
-def graph_parameters(hidden: int = 128) -> int:
-    return count_parameters(build_graph(hidden).model)
+def graph_parameters(hidden: int = 128, kwargs: dict | None = None) -> int:
+    """Parameters of the graph model that ``build_graph(hidden, **kwargs)`` builds (what
+    the baselines are sized to: ``--graph-kwargs`` that add layers size them too)."""
+    return count_parameters(build_graph(hidden, **(kwargs or {})).model)
 
 
 def train_graph(
@@ -603,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
 
     def graph_params() -> int:
         if not cached:
-            cached.append(graph_parameters(args.graph_hidden))
+            cached.append(graph_parameters(args.graph_hidden, parse_kwargs(args.graph_kwargs)))
             print(f"graph model: {cached[0]:,} parameters")
         return cached[0]
 

@@ -279,3 +279,12 @@ def test_build_graph_routes_keywords_to_network_loss_and_module(bl):
     assert bl.build_graph(32).loss is None
     with pytest.raises(ValueError, match="'block' is a GraphTransformNet argument: model.block"):
         bl.build_graph(32, block="gps")
+
+
+def test_baselines_are_sized_to_the_graph_model_the_flags_build(bl):
+    """``--graph-kwargs`` that add parameters (a GRU layer) size the baselines too: equal
+    parameters means equal to the graph model that is run."""
+    plain = bl.graph_parameters(32)
+    grown = bl.graph_parameters(32, bl.parse_kwargs("model.encoder_gru=True"))
+    assert grown - plain == 2 * 3 * (32 * 16 + 16 * 16 + 2 * 16)
+    assert bl.count_parameters(bl.build_graph(32, **{"model.encoder_gru": True}).model) == grown

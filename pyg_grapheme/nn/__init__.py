@@ -3,6 +3,7 @@
 from pyg_grapheme.nn.blocks import GatedMessagePassing, PreNormGraphBlock
 from pyg_grapheme.nn.components import connected_components
 from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.dag_gru import DAGGRU
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, one_hot_bytes
 from pyg_grapheme.nn.pool import PoolOutput, ThresholdMergePool, UnpoolInfo
@@ -13,6 +14,7 @@ __all__ = [
     "PreNormGraphBlock",
     "ByteHead",
     "DAGConv",
+    "DAGGRU",
     "GraphTransformNet",
     "GraphemeEncoder",
     "PoolOutput",

@@ -19,6 +19,7 @@ from pyg_grapheme.nn.blocks import (
     reset_transformer_layer,
 )
 from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.dag_gru import DAGGRU
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
 from pyg_grapheme.nn.pool import ThresholdMergePool
@@ -92,6 +93,12 @@ class GraphTransformNet(nn.Module):
         head_factorized: a :class:`ByteHead` with one output layer shared by the byte
             slots (``factorized=True``: ~36k instead of ~264k parameters at hidden 128,
             free for depth; default ``False``; docs/model.md).
+        encoder_gru: a :class:`~pyg_grapheme.nn.DAGGRU` along each question's reading
+            order, added to the grapheme embeddings before the encoder layers: one layer
+            that carries information along the whole question, the sequential bias of a
+            GRU (default ``False``; docs/model.md).
+        decoder_gru: the same along the canvas, added to its stream after the decoder
+            layers (default ``False``; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -122,6 +129,9 @@ class GraphTransformNet(nn.Module):
         run_positions: int = 32,
         canvas_scale: float = 0.02,
         head_factorized: bool = False,
+        encoder_gru: bool = False,
+        decoder_gru: bool = False,
+        decoder_repeats: int = 1,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -137,7 +147,12 @@ class GraphTransformNet(nn.Module):
         if canvas_scale <= 0:
             raise ValueError(f"canvas_scale must be > 0, got {canvas_scale}")
         self.canvas_scale = canvas_scale
+        if decoder_repeats < 1:
+            raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
+        self.decoder_repeats = decoder_repeats
         self.encoder = GraphemeEncoder(hidden, run_positions=run_positions)
+        self.gru = DAGGRU(hidden, hidden) if encoder_gru else None
+        self.canvas_gru = DAGGRU(hidden, hidden) if decoder_gru else None
         if block == "gps":
             self.enc = nn.ModuleList(
                 gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))
@@ -172,6 +187,9 @@ class GraphTransformNet(nn.Module):
         for module in (self.encoder, *self.enc, self.slots, self.canvas_norm,
                        *self.local, self.dec_norm, self.pool, self.head):
             module.reset_parameters()
+        for gru in (self.gru, self.canvas_gru):
+            if gru is not None:
+                gru.reset_parameters()
         if isinstance(self.enc_norm, nn.LayerNorm):
             self.enc_norm.reset_parameters()
         for layer in self.dec:
@@ -228,6 +246,9 @@ class GraphTransformNet(nn.Module):
         (:meth:`ThresholdMergePool.connect`), called from this frame."""
         n = x.size(0)
         h = self.encoder(x, vec, ptr)
+        if self.gru is not None:
+            h = h + self.gru(h, chain, vec, chains=True, batch_size=num_graphs,
+                             max_num_nodes=longest)
         for conv in self.enc:
             h = conv(h, chain, vec, batch_size=num_graphs, max_num_nodes=longest)
         h = self.enc_norm(h)
@@ -247,11 +268,14 @@ class GraphTransformNet(nn.Module):
             c = c * self.canvas_scale
         cchain = canvas_chain(num_graphs, T, x.device)
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs, max_num_nodes=longest)
-        for local, layer in zip(self.local, self.dec, strict=True):
+        for local, layer in [*zip(self.local, self.dec, strict=True)] * self.decoder_repeats:
             c = local(c, cchain)
             # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
             cd = layer(c.view(num_graphs, T, -1), mem, memory_key_padding_mask=~mem_mask)
             c = cd.reshape(num_graphs * T, -1)
+        if self.canvas_gru is not None:
+            c = c + self.canvas_gru(c, cchain, cvec, chains=True, batch_size=num_graphs,
+                                    max_num_nodes=T)
         c = self.dec_norm(c)
         log_probs = self.head(c).log_softmax(dim=-1)
 

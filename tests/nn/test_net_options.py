@@ -51,3 +51,16 @@ def test_expression_net_passes_its_pool_and_edge_head_options():
     assert not default.edge_head.natural_gradient
     out = net(_inputs())  # and the options run
     assert torch.isfinite(out.edge_weight).all()
+
+
+def test_transform_net_decoder_repeats_reuse_the_decoder_weights():
+    torch.manual_seed(0)
+    kw = dict(hidden=16, heads=2, max_answer_length=8)
+    once = GraphTransformNet(**kw).eval()
+    twice = GraphTransformNet(**kw, decoder_repeats=2).eval()
+    twice.load_state_dict(once.state_dict())  # the same parameters, nothing added
+    with torch.no_grad():
+        a, b = once(_inputs()).canvas_log_probs, twice(_inputs()).canvas_log_probs
+    assert not torch.allclose(a, b)  # the second pass changes the canvas
+    with pytest.raises(ValueError, match="decoder_repeats"):
+        GraphTransformNet(**kw, decoder_repeats=0)
