@@ -286,5 +286,5 @@ def test_baselines_are_sized_to_the_graph_model_the_flags_build(bl):
     parameters means equal to the graph model that is run."""
     plain = bl.graph_parameters(32)
     grown = bl.graph_parameters(32, bl.parse_kwargs("model.encoder_gru=True"))
-    assert grown - plain == 2 * 3 * (32 * 16 + 16 * 16 + 2 * 16)
+    assert grown - plain == 2 * 3 * (32 * 16 + 16 * 16 + 2 * 16) + 32  # two GRUs, a gate
     assert bl.count_parameters(bl.build_graph(32, **{"model.encoder_gru": True}).model) == grown

@@ -43,6 +43,9 @@ class DAGGRU(nn.Module):
     Args:
         in_channels: input size.
         out_channels: output size, even: each direction's state is ``out_channels // 2``.
+        gate: if given, the output is multiplied by a learned per-channel gate that
+            starts at this value (``0``: the layer starts closed, ReZero, Bachlechner et
+            al. 2020; for adding it to a residual stream without drowning what is there).
 
     Shapes:
         - **input:** node features ``[N, in_channels]``, edges ``[2, E]`` (a DAG), the
@@ -50,7 +53,7 @@ class DAGGRU(nn.Module):
         - **output:** node features ``[N, out_channels]``
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, gate: float | None = None) -> None:
         super().__init__()
         if out_channels % 2:
             raise ValueError(f"out_channels must be even (two directions), got {out_channels}")
@@ -58,10 +61,15 @@ class DAGGRU(nn.Module):
         self.out_channels = out_channels
         self.fwd = nn.GRU(in_channels, out_channels // 2, batch_first=True)
         self.bwd = nn.GRU(in_channels, out_channels // 2, batch_first=True)
+        self.gate_init = gate
+        self.gate = None if gate is None else nn.Parameter(torch.empty(out_channels))
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.fwd.reset_parameters()
         self.bwd.reset_parameters()
+        if self.gate is not None:
+            nn.init.constant_(self.gate, float(self.gate_init))  # type: ignore[arg-type]
 
     def forward(
         self,
@@ -79,9 +87,11 @@ class DAGGRU(nn.Module):
         if chains:
             if batch is None:
                 batch = x.new_zeros(x.size(0), dtype=torch.long)
-            return self._chains(x, batch, batch_size, max_num_nodes)
-        return torch.cat([self._levels(self.fwd, x, edge_index),
-                          self._levels(self.bwd, x, edge_index.flip(0))], dim=-1)
+            out = self._chains(x, batch, batch_size, max_num_nodes)
+        else:
+            out = torch.cat([self._levels(self.fwd, x, edge_index),
+                             self._levels(self.bwd, x, edge_index.flip(0))], dim=-1)
+        return out if self.gate is None else out * self.gate
 
     def _chains(self, x: Tensor, batch: Tensor, batch_size: int | None,
                 max_num_nodes: int | None) -> Tensor:
@@ -132,7 +142,8 @@ class DAGGRU(nn.Module):
         return h
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels})"
+        gate = "" if self.gate_init is None else f", gate={self.gate_init}"
+        return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}{gate})"
 
 
 def _depth(n: int, src: Tensor, dst: Tensor) -> Tensor:

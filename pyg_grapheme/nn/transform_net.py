@@ -151,8 +151,9 @@ class GraphTransformNet(nn.Module):
             raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
         self.decoder_repeats = decoder_repeats
         self.encoder = GraphemeEncoder(hidden, run_positions=run_positions)
-        self.gru = DAGGRU(hidden, hidden) if encoder_gru else None
-        self.canvas_gru = DAGGRU(hidden, hidden) if decoder_gru else None
+        # Gated from 0: ungated, the GRU's O(1) states drowned the embeddings (docs/model.md).
+        self.gru = DAGGRU(hidden, hidden, gate=0.0) if encoder_gru else None
+        self.canvas_gru = DAGGRU(hidden, hidden, gate=0.0) if decoder_gru else None
         if block == "gps":
             self.enc = nn.ModuleList(
                 gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))

@@ -89,7 +89,7 @@ def test_direction_matters_and_states_reach_along_the_whole_chain():
     x2 = x.clone()
     x2[0] += 1.0  # the first node reaches the last one's forward state, not its own backward
     moved = (layer(x2, ei) - base).abs()
-    assert moved[9, :3].max() > 1e-4
+    assert moved[9, :3].max() > 1e-7  # decays along the chain, but arrives
     assert moved[1:, 3:].max() == 0
 
 
@@ -122,6 +122,15 @@ def test_reset_parameters_and_repr():
     layer.reset_parameters()
     assert any(not torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
     assert repr(layer) == "DAGGRU(3, 4)"
+    gated = DAGGRU(3, 4, gate=0.5)
+    gated.gate.data.fill_(2.0)
+    gated.reset_parameters()
+    assert gated.gate.eq(0.5).all() and repr(gated) == "DAGGRU(3, 4, gate=0.5)"
+    x, ei = torch.randn(5, 3), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    gated.gate.data.fill_(1.0)
+    plain = DAGGRU(3, 4)
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    torch.testing.assert_close(gated(x, ei), plain(x, ei))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -149,9 +158,15 @@ def test_transform_net_gru_options():
     for flags in ({"encoder_gru": True}, {"decoder_gru": True}):
         net = GraphTransformNet(**kw, **flags)
         extra = sum(p.numel() for p in net.parameters()) - count
-        assert extra == 2 * 3 * (16 * 8 + 8 * 8 + 2 * 8)  # two GRUs of width 8 on 16 inputs
+        assert extra == 2 * 3 * (16 * 8 + 8 * 8 + 2 * 8) + 16  # two GRUs of width 8, a gate
+        gru = net.gru if "encoder_gru" in flags else net.canvas_gru
+        assert gru is not None and gru.gate is not None and not gru.gate.any()
         batch = Batch.from_data_list([text_to_graph(t) for t in TEXTS])
+        net.eval()
+        with torch.no_grad():  # closed, the network is the plain one
+            net.load_state_dict(plain.state_dict(), strict=False)
+            torch.testing.assert_close(net(batch).canvas_log_probs,
+                                       plain.eval()(batch).canvas_log_probs)
         out = net(batch).canvas_log_probs
         (out * torch.randn_like(out)).sum().backward()
-        gru = net.gru if "encoder_gru" in flags else net.canvas_gru
-        assert gru is not None and gru.fwd.weight_hh_l0.grad.abs().sum() > 0
+        assert gru.gate.grad.abs().sum() > 0  # the gate learns to open
