@@ -33,7 +33,9 @@ class DAGGRU(nn.Module):
     one chain in node order (text graphs' reading order) and runs :class:`torch.nn.GRU`
     on the dense batch (the reversed direction on each graph's reversed nodes, no
     packing); otherwise the edges are followed level by level (longest-path depth from
-    the sources), one batched cell step per level, ``O(depth)`` sequential steps.
+    the sources), one batched cell step per level: ``O(depth)`` sequential steps, each
+    reading the node and edge lists, ``O(depth (N + E))`` work (for long chains use
+    ``chains=True``).
     Under :func:`torch.compile` the ``chains`` path's two GRU calls are graph breaks
     (dynamo does not trace torch's RNNs); they run eagerly.
 
