@@ -98,7 +98,11 @@ class GraphTransformNet(nn.Module):
             that carries information along the whole question, the sequential bias of a
             GRU (default ``False``; docs/model.md).
         decoder_gru: the same along the canvas, added to its stream after the decoder
-            layers (default ``False``; docs/model.md).
+            layers (default ``False``; docs/model.md). Both start closed (a per-channel
+            gate from 0); under :func:`torch.compile` each GRU call is a graph break
+            (dynamo does not trace torch's RNNs).
+        decoder_repeats: run the decoder layers this many times with the same weights
+            (more depth, no parameters; default ``1``; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -151,7 +155,7 @@ class GraphTransformNet(nn.Module):
             raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
         self.decoder_repeats = decoder_repeats
         self.encoder = GraphemeEncoder(hidden, run_positions=run_positions)
-        # Gated from 0: ungated, the GRU's O(1) states drowned the embeddings (docs/model.md).
+        # Gated from 0: ungated, the encoder's GRU learnt math2 slower (docs/model.md).
         self.gru = DAGGRU(hidden, hidden, gate=0.0) if encoder_gru else None
         self.canvas_gru = DAGGRU(hidden, hidden, gate=0.0) if decoder_gru else None
         if block == "gps":
