@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter, to_dense_batch
+from torch_geometric.utils import cumsum, degree, scatter, to_dense_batch
 
 
 class DAGGRU(nn.Module):
@@ -100,8 +100,8 @@ class DAGGRU(nn.Module):
         n = x.size(0)
         if n == 0:
             return x.new_zeros(0, self.out_channels)
-        sizes = scatter(torch.ones_like(batch), batch, 0, dim_size=batch_size, reduce="sum")
-        ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+        sizes = degree(batch, batch_size, dtype=torch.long)
+        ptr = cumsum(sizes)
         # Node i of graph g at position p reads node ptr[g] + size[g] - 1 - p backwards;
         # the map is its own inverse. Right padding does not reach a valid position of a
         # forward GRU, so neither direction needs packing.
@@ -127,13 +127,12 @@ class DAGGRU(nn.Module):
             for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
         gi = nn.functional.linear(x, w_ih, b_ih)
         h = x.new_zeros(n, hidden)
-        deg = scatter(torch.ones_like(dst, dtype=x.dtype), dst, 0, dim_size=n, reduce="sum")
         num_levels = int(depth.max()) + 1 if n else 0
         for level in range(num_levels):
             nodes = (depth == level).nonzero().view(-1)
             into = (depth[dst] == level).nonzero().view(-1)
-            prev = scatter(h[src[into]], dst[into], 0, dim_size=n, reduce="sum")[nodes]
-            prev = prev / deg[nodes].clamp(min=1).unsqueeze(-1)
+            # Every in-edge of a node at this level comes from a lower, finished level.
+            prev = scatter(h[src[into]], dst[into], 0, dim_size=n, reduce="mean")[nodes]
             gh = nn.functional.linear(prev, w_hh, b_hh)
             r_i, z_i, n_i = gi[nodes].chunk(3, dim=-1)
             r_h, z_h, n_h = gh.chunk(3, dim=-1)
