@@ -7,6 +7,7 @@ from pyg_grapheme.nn.dag_gru import DAGGRU
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, one_hot_bytes
 from pyg_grapheme.nn.pool import PoolOutput, ThresholdMergePool, UnpoolInfo
+from pyg_grapheme.nn.relative_position import RelativePositionBias
 from pyg_grapheme.nn.transform_net import GraphTransformNet, decode_graphs
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "GraphTransformNet",
     "GraphemeEncoder",
     "PoolOutput",
+    "RelativePositionBias",
     "ThresholdMergePool",
     "UnpoolInfo",
     "connected_components",

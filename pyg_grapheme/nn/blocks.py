@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GPSConv
+from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj
-from torch_geometric.utils import cumsum, scatter, to_dense_batch
+from torch_geometric.utils import cumsum, degree, scatter, to_dense_batch
 
 from pyg_grapheme.nn.dag_conv import DAGConv
+from pyg_grapheme.nn.relative_position import RelativePositionBias
 
 
 class GatedMessagePassing(nn.Module):
@@ -79,7 +81,10 @@ class PreNormGraphBlock(nn.Module):
     Args:
         channels: feature size. heads: attention heads. ff_mult: feed-forward width,
         times ``channels``. dropout: in attention and feed-forward. gate: the message
-        passing gate's initial value (:class:`GatedMessagePassing`).
+        passing gate's initial value (:class:`GatedMessagePassing`). relative_buckets:
+        ``> 0`` adds a :class:`~pyg_grapheme.nn.RelativePositionBias` with that many
+        buckets to the attention logits (default ``0``: none), its table starting at
+        ``relative_init`` (``"zeros"`` or ``"alibi"``).
 
     Shapes:
         - **input:** ``x`` ``[N, channels]``, reading-order ``edge_index`` ``[2, E]``,
@@ -88,7 +93,7 @@ class PreNormGraphBlock(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0,
-                 gate: float = 0.0):
+                 gate: float = 0.0, relative_buckets: int = 0, relative_init: str = "zeros"):
         super().__init__()
         self.channels, self.heads = channels, heads
         self.local = GatedMessagePassing(channels, gate=gate)
@@ -96,10 +101,14 @@ class PreNormGraphBlock(nn.Module):
             channels, heads, ff_mult * channels, dropout=dropout, activation="gelu",
             batch_first=True, norm_first=True,
         )
+        self.relative = (RelativePositionBias(heads, relative_buckets, init=relative_init)
+                         if relative_buckets else None)
 
     def reset_parameters(self) -> None:
         self.local.reset_parameters()
         reset_transformer_layer(self.attn)
+        if self.relative is not None:
+            self.relative.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, *,
                 batch_size: int | None = None, max_num_nodes: int | None = None) -> Tensor:
@@ -109,14 +118,21 @@ class PreNormGraphBlock(nn.Module):
         x = self.local(x, edge_index)
         if batch_size is None or max_num_nodes is None:
             dense, mask = to_dense_batch(x, batch)
-            return self.attn(dense, src_key_padding_mask=~mask)[mask]
+            return self._attend(dense, mask)[mask]
         dense, mask = to_dense_batch(x, batch, batch_size=batch_size,
                                      max_num_nodes=max_num_nodes)
-        out = self.attn(dense, src_key_padding_mask=~mask)
-        return from_dense_batch(out, batch, batch_size, max_num_nodes)
+        return from_dense_batch(self._attend(dense, mask), batch, batch_size, max_num_nodes)
+
+    def _attend(self, dense: Tensor, mask: Tensor) -> Tensor:
+        if self.relative is None:
+            return self.attn(dense, src_key_padding_mask=~mask)
+        # the padding folded into the float mask (mixed mask types are deprecated)
+        bias = self.relative(dense.size(1), dense.size(0), ~mask, dtype=dense.dtype)
+        return self.attn(dense, src_mask=bias)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.channels}, heads={self.heads})"
+        rel = "" if self.relative is None else f", relative_buckets={self.relative.num_buckets}"
+        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{rel})"
 
 
 def from_dense_batch(dense: Tensor, batch: Tensor, batch_size: int, max_num_nodes: int
@@ -144,16 +160,47 @@ class SizedGPSConv(GPSConv):
     a layer). The same parameters and the same result, bit for bit; without the sizes
     it is PyG's forward.
 
+    ``relative_buckets > 0`` adds a :class:`~pyg_grapheme.nn.RelativePositionBias` with
+    that many buckets to the attention logits (distances in each graph's node order;
+    ``heads * relative_buckets`` parameters; from ``relative_init="zeros"`` the layer
+    computes PyG's function until training moves them, ``"alibi"`` starts at ALiBi's
+    penalties). It needs the sizes; without them it reads them.
+
     Shapes:
         - **input:** ``x`` ``[N, channels]``, ``edge_index`` ``[2, E]``, ``batch``
           ``[N]`` (nodes of a graph contiguous)
         - **output:** ``[N, channels]``
     """
 
+    def __init__(self, channels: int, conv: MessagePassing | None, heads: int = 1, *,
+                 relative_buckets: int = 0, relative_init: str = "zeros", **kwargs) -> None:
+        super().__init__(channels, conv, heads=heads, **kwargs)
+        if relative_buckets and self.attn_type != "multihead":
+            raise ValueError(f"a relative position bias needs attn_type='multihead', "
+                             f"got {self.attn_type!r}")
+        self.relative = (RelativePositionBias(heads, relative_buckets, init=relative_init)
+                         if relative_buckets else None)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if self.relative is not None:
+            self.relative.reset_parameters()
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        if self.relative is None:
+            return text
+        return f"{text[:-1]}, relative_buckets={self.relative.num_buckets})"
+
     def forward(  # adds keyword-only sizes to GPSConv.forward
         self, x: Tensor, edge_index: Adj, batch: Tensor | None = None, *,
         batch_size: int | None = None, max_num_nodes: int | None = None, **kwargs,
     ) -> Tensor:
+        if self.relative is not None and (batch_size is None or max_num_nodes is None):
+            if batch is None:
+                batch = x.new_zeros(x.size(0), dtype=torch.long)
+            sizes = degree(batch, dtype=torch.long)  # the sizes the bias needs (a host sync)
+            batch_size, max_num_nodes = sizes.numel(), int(sizes.max()) if x.size(0) else 0
         if (batch is None or batch_size is None or max_num_nodes is None
                 or not isinstance(self.attn, nn.MultiheadAttention)):
             return super().forward(x, edge_index, batch, **kwargs)
@@ -167,7 +214,11 @@ class SizedGPSConv(GPSConv):
                 h = self.norm1(h, batch=batch) if self.norm_with_batch else self.norm1(h)
             hs.append(h)
         h, mask = to_dense_batch(x, batch, batch_size=batch_size, max_num_nodes=max_num_nodes)
-        h, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        if self.relative is None:
+            h, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        else:  # the padding folded into the float mask (mixed mask types are deprecated)
+            bias = self.relative(max_num_nodes, batch_size, ~mask, dtype=h.dtype)
+            h, _ = self.attn(h, h, h, attn_mask=bias, need_weights=False)
         h = from_dense_batch(h, batch, batch_size, max_num_nodes)
         h = F.dropout(h, p=self.dropout, training=self.training)
         h = h + x
@@ -181,12 +232,15 @@ class SizedGPSConv(GPSConv):
         return out
 
 
-def gps_layer(channels: int, heads: int, dropout: float = 0.0) -> GPSConv:
+def gps_layer(channels: int, heads: int, dropout: float = 0.0, relative_buckets: int = 0,
+              relative_init: str = "zeros") -> GPSConv:
     """PyG's :class:`~torch_geometric.nn.conv.GPSConv` around a :class:`DAGConv`: local
     reading-order messages in parallel with self-attention over each graph (post-LN);
-    a :class:`SizedGPSConv`, so callers that know the sizes can pass them."""
+    a :class:`SizedGPSConv`, so callers that know the sizes can pass them, with a
+    relative position bias when ``relative_buckets > 0``."""
     return SizedGPSConv(channels, DAGConv(channels), heads=heads, dropout=dropout,
-                        act="gelu", norm="layer_norm", norm_kwargs={"mode": "node"})
+                        act="gelu", norm="layer_norm", norm_kwargs={"mode": "node"},
+                        relative_buckets=relative_buckets, relative_init=relative_init)
 
 
 def reading_order(batch) -> tuple[Tensor, int, Tensor]:

@@ -103,6 +103,12 @@ class GraphTransformNet(nn.Module):
             (dynamo does not trace torch's RNNs).
         decoder_repeats: run the decoder layers this many times with the same weights
             (more depth, no parameters; default ``1``; docs/model.md).
+        relative_positions: ``> 0`` adds a learned relative position bias with this many
+            buckets to every encoder layer's self-attention
+            (:class:`~pyg_grapheme.nn.RelativePositionBias`, T5's: a scalar per head and
+            bucketed reading-order distance; default ``0``: none; docs/model.md).
+        relative_init: the bias table's initial values, ``"zeros"`` (default: the layers
+            start as without it) or ``"alibi"`` (ALiBi's distance penalties).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -136,6 +142,8 @@ class GraphTransformNet(nn.Module):
         encoder_gru: bool = False,
         decoder_gru: bool = False,
         decoder_repeats: int = 1,
+        relative_positions: int = 0,
+        relative_init: str = "zeros",
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -160,10 +168,14 @@ class GraphTransformNet(nn.Module):
         self.canvas_gru = DAGGRU(hidden, hidden, gate=0.0) if decoder_gru else None
         if block == "gps":
             self.enc = nn.ModuleList(
-                gps_layer(hidden, heads, dropout) for _ in range(encoder_layers))
+                gps_layer(hidden, heads, dropout, relative_buckets=relative_positions,
+                          relative_init=relative_init)
+                for _ in range(encoder_layers))
         else:
             self.enc = nn.ModuleList(
-                PreNormGraphBlock(hidden, heads, ff_mult, dropout, gate=message_gate)
+                PreNormGraphBlock(hidden, heads, ff_mult, dropout, gate=message_gate,
+                                  relative_buckets=relative_positions,
+                                  relative_init=relative_init)
                 for _ in range(encoder_layers)
             )
         self.enc_norm = nn.LayerNorm(hidden) if block == "pre_ln" else nn.Identity()
