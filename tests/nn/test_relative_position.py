@@ -226,3 +226,16 @@ def test_bad_arguments():
         GraphTransformNet(hidden=16, heads=2, relative_positions=-4)
     with pytest.raises(ValueError, match="multihead"):
         SizedGPSConv(8, None, heads=2, attn_type="performer", relative_buckets=8)
+
+
+@pytest.mark.parametrize("block", ["gps", "pre_ln"])
+def test_empty_question_in_the_batch_stays_finite(block):
+    """An empty graph's dense row has every key padded (all -inf in the bias)."""
+    torch.manual_seed(0)
+    model = GraphTransformNet(hidden=16, heads=2, max_answer_length=6, block=block,
+                              relative_positions=16, relative_init="alibi")
+    batch = Batch.from_data_list([text_to_graph(t) for t in ["ab", "", "x y"]])
+    out = model(batch)
+    out.canvas_log_probs.sum().backward()
+    assert torch.isfinite(out.canvas_log_probs).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
