@@ -30,7 +30,7 @@ class GraphTransformNet(nn.Module):
 
     .. code-block:: text
 
-        bytes ─▶ GraphemeEncoder ─▶ GPSConv(DAGConv ∥ self-attention) × L_enc   (question)
+        bytes ─▶ GraphemeEncoder ─▶ GPSConv(DAGConv ∥ self-attention + relative bias) × L_enc
               ─▶ canvas: a chain of ``max_answer_length`` slots per question
               ─▶ [DAGConv along the canvas + self-attention + cross-attention] × L_dec
               ─▶ ByteHead (a byte distribution per canvas node)
@@ -40,7 +40,10 @@ class GraphTransformNet(nn.Module):
       2022): a local :class:`DAGConv` over the reading-order edges (direction-aware) in
       parallel with multi-head self-attention over every node of the same question,
       so one layer relates any two graphemes (a place in a number to the word that
-      names it) at ``O(sum_g n_g^2)``; positions are the encoder's learned ones.
+      names it) at ``O(sum_g n_g^2)``; the attention logits get a learned bias per
+      head and reading-order distance (:class:`~pyg_grapheme.nn.RelativePositionBias`,
+      T5's, starting at ALiBi's penalties), on top of the encoder's learned absolute
+      positions.
       ``block="pre_ln"`` uses pre-LN graph blocks instead
       (:class:`~pyg_grapheme.nn.PreNormGraphBlock`: a gated DAGConv branch,
       self-attention and feed-forward on an unnormalised residual stream; the decoder's
@@ -103,12 +106,16 @@ class GraphTransformNet(nn.Module):
             (dynamo does not trace torch's RNNs).
         decoder_repeats: run the decoder layers this many times with the same weights
             (more depth, no parameters; default ``1``; docs/model.md).
-        relative_positions: ``> 0`` adds a learned relative position bias with this many
-            buckets to every encoder layer's self-attention
-            (:class:`~pyg_grapheme.nn.RelativePositionBias`, T5's: a scalar per head and
-            bucketed reading-order distance; default ``0``: none; docs/model.md).
-        relative_init: the bias table's initial values, ``"zeros"`` (default: the layers
-            start as without it) or ``"alibi"`` (ALiBi's distance penalties).
+        relative_positions: buckets of a learned relative position bias in every
+            encoder layer's self-attention (:class:`~pyg_grapheme.nn.RelativePositionBias`,
+            T5's: a scalar per head and bucketed reading-order distance; default ``32``,
+            T5's; ``0``: none, attention then sees only the embedding's absolute
+            positions; docs/model.md).
+        relative_init: the bias table's initial values, ``"alibi"`` (default: ALiBi's
+            distance penalties, so that from the start some heads look near and some
+            far) or ``"zeros"`` (the layers start as without it; learnt too slowly to
+            matter within a few thousand steps, docs/model.md). Checkpoints written
+            before these defaults load without the bias (``relative_positions=0``).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -142,8 +149,8 @@ class GraphTransformNet(nn.Module):
         encoder_gru: bool = False,
         decoder_gru: bool = False,
         decoder_repeats: int = 1,
-        relative_positions: int = 0,
-        relative_init: str = "zeros",
+        relative_positions: int = 32,
+        relative_init: str = "alibi",
     ) -> None:
         super().__init__()
         if hidden % heads:

@@ -179,12 +179,22 @@ def test_gradcheck_float64():
     assert table.grad.abs().sum() > 0
 
 
-def test_model_option_starts_as_the_default_model():
+def test_default_model_has_the_alibi_started_bias():
+    model = GraphTransformNet(hidden=16, heads=2)
+    for layer in model.enc:
+        assert layer.relative.num_buckets == 32 and layer.relative.init == "alibi"
+        assert layer.relative.bias.weight[1, 0] < 0  # distance -1 penalised from the start
+    assert all(not hasattr(layer, "relative") or layer.relative is None
+               for layer in GraphTransformNet(hidden=16, heads=2, relative_positions=0).enc)
+
+
+def test_zero_started_option_starts_as_the_model_without_it():
     torch.manual_seed(0)
     batch = Batch.from_data_list([text_to_graph(t) for t in TEXTS])
-    base = GraphTransformNet(hidden=16, heads=2, max_answer_length=6).eval()
+    base = GraphTransformNet(hidden=16, heads=2, max_answer_length=6,
+                             relative_positions=0).eval()
     rel = GraphTransformNet(hidden=16, heads=2, max_answer_length=6,
-                            relative_positions=16).eval()
+                            relative_positions=16, relative_init="zeros").eval()
     missing = rel.load_state_dict(base.state_dict(), strict=False).missing_keys
     assert missing == ["enc.0.relative.bias.weight", "enc.1.relative.bias.weight"]
     torch.testing.assert_close(rel(batch).canvas_log_probs, base(batch).canvas_log_probs)

@@ -249,18 +249,20 @@ def test_checkpoint_of_other_layers_fails_clearly_or_loads(tmp_path):
 
 
 def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
-    """``run_positions``, ``canvas_scale`` and ``pool_tau`` changed defaults (0 -> 32,
-    1 -> 0.02, 1 -> 0.5). A checkpoint whose network config does not name them
-    (LightningCLI's form, written before they existed; and the old flat form) loads with
-    the values it was trained with: the same weights (no missing run-position table) and
-    the same answers."""
+    """``run_positions``, ``canvas_scale``, ``pool_tau`` and ``relative_positions``
+    changed defaults (0 -> 32, 1 -> 0.02, 1 -> 0.5, 0 -> 32). A checkpoint whose network
+    config does not name them (LightningCLI's form, written before they existed; and the
+    old flat form) loads with the values it was trained with: the same weights (no
+    missing run-position or relative-bias table) and the same answers."""
     from pyg_grapheme.nn import GraphTransformNet
     from pyg_grapheme.training import GraphemeModule
 
     small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
     before = GraphemeModule.network_defaults_before
-    assert before == {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0}
+    assert before == {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0,
+                      "relative_positions": 0}
     today = GraphTransformNet()
+    assert today.enc[0].relative is not None
     assert today.canvas_scale != before["canvas_scale"]  # changed defaults
     assert today.pool.tau != before["pool_tau"]
     torch.manual_seed(0)
@@ -272,6 +274,7 @@ def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
         _same_weights(old, loaded)
         assert (loaded.model.canvas_scale, loaded.model.encoder.run_positions) == (1.0, 0)
         assert loaded.model.pool.tau == 1.0
+        assert all(layer.relative is None for layer in loaded.model.enc)
         old.eval(), loaded.eval()
         assert loaded.model.generate(["hi", "2+2"]) == old.model.generate(["hi", "2+2"])
     # a checkpoint that names them keeps what it names
