@@ -84,7 +84,7 @@ class PreNormGraphBlock(nn.Module):
         passing gate's initial value (:class:`GatedMessagePassing`). relative_buckets:
         ``> 0`` adds a :class:`~pyg_grapheme.nn.RelativePositionBias` with that many
         buckets to the attention logits (default ``0``: none), its table starting at
-        ``relative_init`` (``"zeros"`` or ``"alibi"``).
+        ``relative_init`` (``"alibi"``, the default, or ``"zeros"``).
 
     Shapes:
         - **input:** ``x`` ``[N, channels]``, reading-order ``edge_index`` ``[2, E]``,
@@ -93,7 +93,7 @@ class PreNormGraphBlock(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, ff_mult: int = 2, dropout: float = 0.0,
-                 gate: float = 0.0, relative_buckets: int = 0, relative_init: str = "zeros"):
+                 gate: float = 0.0, relative_buckets: int = 0, relative_init: str = "alibi"):
         super().__init__()
         self.channels, self.heads = channels, heads
         self.local = GatedMessagePassing(channels, gate=gate)
@@ -162,9 +162,10 @@ class SizedGPSConv(GPSConv):
 
     ``relative_buckets > 0`` adds a :class:`~pyg_grapheme.nn.RelativePositionBias` with
     that many buckets to the attention logits (distances in each graph's node order;
-    ``heads * relative_buckets`` parameters; from ``relative_init="zeros"`` the layer
-    computes PyG's function until training moves them, ``"alibi"`` starts at ALiBi's
-    penalties). It needs the sizes; without them it reads them.
+    ``heads * relative_buckets`` parameters; ``relative_init="alibi"``, the default,
+    starts at ALiBi's penalties; from ``"zeros"`` the layer computes PyG's function until
+    training moves them, which measured too slow to matter, docs/model.md). It needs the
+    sizes; without them it reads them.
 
     Shapes:
         - **input:** ``x`` ``[N, channels]``, ``edge_index`` ``[2, E]``, ``batch``
@@ -173,7 +174,7 @@ class SizedGPSConv(GPSConv):
     """
 
     def __init__(self, channels: int, conv: MessagePassing | None, heads: int = 1, *,
-                 relative_buckets: int = 0, relative_init: str = "zeros", **kwargs) -> None:
+                 relative_buckets: int = 0, relative_init: str = "alibi", **kwargs) -> None:
         super().__init__(channels, conv, heads=heads, **kwargs)
         if relative_buckets and self.attn_type != "multihead":
             raise ValueError(f"a relative position bias needs attn_type='multihead', "
@@ -233,7 +234,7 @@ class SizedGPSConv(GPSConv):
 
 
 def gps_layer(channels: int, heads: int, dropout: float = 0.0, relative_buckets: int = 0,
-              relative_init: str = "zeros") -> GPSConv:
+              relative_init: str = "alibi") -> GPSConv:
     """PyG's :class:`~torch_geometric.nn.conv.GPSConv` around a :class:`DAGConv`: local
     reading-order messages in parallel with self-attention over each graph (post-LN);
     a :class:`SizedGPSConv`, so callers that know the sizes can pass them, with a

@@ -51,7 +51,9 @@ class RelativePositionBias(nn.Module):
     Args:
         heads: attention heads. num_buckets: distances told apart (default ``32``, T5's).
         max_distance: the last log-spaced bucket's distance (default ``128``, T5's).
-        init: ``"zeros"`` (default) or ``"alibi"``, the table's initial values.
+        init: ``"alibi"`` (default) or ``"zeros"``, the table's initial values (from zeros
+            the table was learnt too slowly to matter within a few thousand steps, on
+            math2; docs/model.md).
 
     Shapes:
         - **output** of ``forward(length, batch_size)``: ``[batch_size * heads, length,
@@ -61,7 +63,7 @@ class RelativePositionBias(nn.Module):
     """
 
     def __init__(self, heads: int, num_buckets: int = 32, max_distance: int = 128,
-                 init: str = "zeros") -> None:
+                 init: str = "alibi") -> None:
         super().__init__()
         if init not in ("zeros", "alibi"):
             raise ValueError(f"init must be 'zeros' or 'alibi', got {init!r}")

@@ -57,7 +57,7 @@ def _batch():
 
 
 def test_bias_table_layout_and_padding():
-    rel = RelativePositionBias(heads=3, num_buckets=8, max_distance=20)
+    rel = RelativePositionBias(heads=3, num_buckets=8, max_distance=20, init="zeros")
     with torch.no_grad():
         rel.bias.weight.normal_()
     pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
@@ -130,7 +130,7 @@ def test_gps_layer_bias_equals_attention_graph_by_graph():
 def test_zero_table_is_pygs_gpsconv():
     torch.manual_seed(0)
     batch, vec, b, chain = _batch()
-    layer = gps_layer(8, 2, relative_buckets=32)
+    layer = gps_layer(8, 2, relative_buckets=32, relative_init="zeros")
     ref = GPSConv(8, layer.conv, heads=2, act="gelu", norm="layer_norm",
                   norm_kwargs={"mode": "node"})
     ref.load_state_dict(layer.state_dict(), strict=False)
