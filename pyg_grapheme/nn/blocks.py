@@ -128,7 +128,12 @@ class PreNormGraphBlock(nn.Module):
             return self.attn(dense, src_key_padding_mask=~mask)
         # the padding folded into the float mask (mixed mask types are deprecated)
         bias = self.relative(dense.size(1), dense.size(0), ~mask, dtype=dense.dtype)
-        return self.attn(dense, src_mask=bias)
+        # The layer's own pre-LN blocks, as its training path runs them: its fused
+        # inference path (eval, no grad) read this [B * heads, L, L] mask wrongly
+        # (other outputs than in training mode, NaN once trained).
+        layer = self.attn
+        x = dense + layer._sa_block(layer.norm1(dense), bias, None)
+        return x + layer._ff_block(layer.norm2(x))
 
     def __repr__(self) -> str:
         rel = "" if self.relative is None else f", relative_buckets={self.relative.num_buckets}"

@@ -249,3 +249,19 @@ def test_empty_question_in_the_batch_stays_finite(block):
     out.canvas_log_probs.sum().backward()
     assert torch.isfinite(out.canvas_log_probs).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_eval_mode_computes_what_training_mode_does():
+    """torch's fused inference path of ``TransformerEncoderLayer`` read the bias mask
+    wrongly (a pre-LN model's validation loss went NaN); both forms agree across modes."""
+    torch.manual_seed(0)
+    batch, vec, b, chain = _batch()
+    longest = int(batch.ptr.diff().max())
+    x = torch.randn(batch.num_nodes, 32)
+    for layer in (gps_layer(32, 4, relative_buckets=32),
+                  PreNormGraphBlock(32, 4, gate=0.5, relative_buckets=32)):
+        with torch.no_grad():
+            layer.relative.bias.weight.normal_(0, 5)
+            train = layer.train()(x, chain, vec, batch_size=b, max_num_nodes=longest)
+            evaluated = layer.eval()(x, chain, vec, batch_size=b, max_num_nodes=longest)
+        torch.testing.assert_close(evaluated, train)
