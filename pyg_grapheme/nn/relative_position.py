@@ -102,9 +102,8 @@ class RelativePositionBias(nn.Module):
             bias = bias.to(dtype)
         bias = bias.unsqueeze(0).expand(batch_size, -1, -1, -1)
         if key_padding_mask is not None:
-            pad = torch.zeros(key_padding_mask.shape, dtype=bias.dtype, device=device)
-            pad = pad.masked_fill(key_padding_mask, float("-inf"))
-            bias = bias + pad.view(batch_size, 1, 1, length)
+            bias = bias.masked_fill(key_padding_mask.view(batch_size, 1, 1, length),
+                                    float("-inf"))
         return bias.reshape(batch_size * self.heads, length, length)
 
     def __repr__(self) -> str:
