@@ -23,6 +23,7 @@ from pyg_grapheme.nn.dag_gru import DAGGRU
 from pyg_grapheme.nn.encoder import GraphemeEncoder
 from pyg_grapheme.nn.head import ByteHead, decode_slots
 from pyg_grapheme.nn.pool import ThresholdMergePool
+from pyg_grapheme.nn.relative_position import RelativePositionBias
 
 
 class GraphTransformNet(nn.Module):
@@ -116,6 +117,10 @@ class GraphTransformNet(nn.Module):
             far) or ``"zeros"`` (the layers start as without it; learnt too slowly to
             matter within a few thousand steps, docs/model.md). Checkpoints written
             before these defaults load without the bias (``relative_positions=0``).
+        canvas_relative_positions: buckets of the same bias in every decoder layer's
+            self-attention over the canvas (slot distance; started as
+            ``relative_init`` says; default ``0``: none, the canvas's order is then its
+            slot embeddings and the DAGConv along it; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -151,6 +156,7 @@ class GraphTransformNet(nn.Module):
         decoder_repeats: int = 1,
         relative_positions: int = 32,
         relative_init: str = "alibi",
+        canvas_relative_positions: int = 0,
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -199,6 +205,10 @@ class GraphTransformNet(nn.Module):
             )
             for _ in range(decoder_layers)
         )
+        self.canvas_relative = nn.ModuleList(
+            RelativePositionBias(heads, canvas_relative_positions, init=relative_init)
+            for _ in range(decoder_layers if canvas_relative_positions else 0)
+        )
         self.dec_norm = nn.LayerNorm(hidden)
         self.pool = ThresholdMergePool(
             hidden, aggr="mean", threshold=pool_threshold, similarity="half_cosine",
@@ -209,7 +219,8 @@ class GraphTransformNet(nn.Module):
 
     def reset_parameters(self) -> None:
         for module in (self.encoder, *self.enc, self.slots, self.canvas_norm,
-                       *self.local, self.dec_norm, self.pool, self.head):
+                       *self.local, *self.canvas_relative, self.dec_norm, self.pool,
+                       self.head):
             module.reset_parameters()
         for gru in (self.gru, self.canvas_gru):
             if gru is not None:
@@ -292,10 +303,16 @@ class GraphTransformNet(nn.Module):
             c = c * self.canvas_scale
         cchain = canvas_chain(num_graphs, T, x.device)
         mem, mem_mask = to_dense_batch(h, vec, batch_size=num_graphs, max_num_nodes=longest)
-        for local, layer in [*zip(self.local, self.dec, strict=True)] * self.decoder_repeats:
+        # Every canvas has T nodes: its dense batch is a view, with nothing to mask, and
+        # one [heads, T, T] bias per layer serves every canvas.
+        biases: list[Tensor | None] = [
+            rel(T, 1, dtype=c.dtype).repeat(num_graphs, 1, 1) for rel in self.canvas_relative
+        ] or [None] * len(self.dec)
+        layers = [*zip(self.local, self.dec, biases, strict=True)] * self.decoder_repeats
+        for local, layer, bias in layers:
             c = local(c, cchain)
-            # Every canvas has T nodes: its dense batch is a view, with nothing to mask.
-            cd = layer(c.view(num_graphs, T, -1), mem, memory_key_padding_mask=~mem_mask)
+            cd = layer(c.view(num_graphs, T, -1), mem, tgt_mask=bias,
+                       memory_key_padding_mask=~mem_mask)
             c = cd.reshape(num_graphs * T, -1)
         if self.canvas_gru is not None:
             c = c + self.canvas_gru(c, cchain, cvec, chains=True, batch_size=num_graphs,

@@ -216,10 +216,10 @@ def test_model_option_under_compile_equals_eager():
     torch.manual_seed(0)
     batch = Batch.from_data_list([text_to_graph(t) for t in TEXTS])
     model = GraphTransformNet(hidden=16, heads=2, max_answer_length=6,
-                              relative_positions=16)
+                              relative_positions=16, canvas_relative_positions=16)
     with torch.no_grad():
-        for layer in model.enc:
-            layer.relative.bias.weight.normal_()
+        for rel in [layer.relative for layer in model.enc] + [*model.canvas_relative]:
+            rel.bias.weight.normal_()
     eager = model(batch)
     compiled = torch.compile(model, backend="aot_eager")(batch)
     torch.testing.assert_close(compiled.canvas_log_probs, eager.canvas_log_probs)
@@ -265,3 +265,30 @@ def test_eval_mode_computes_what_training_mode_does():
             train = layer.train()(x, chain, vec, batch_size=b, max_num_nodes=longest)
             evaluated = layer.eval()(x, chain, vec, batch_size=b, max_num_nodes=longest)
         torch.testing.assert_close(evaluated, train)
+
+
+def test_canvas_bias_batched_equals_each_question_alone():
+    """The decoder's canvas bias is one ``[heads, T, T]`` table repeated over the batch:
+    a batch answers what each question answers alone (a wrong batch-major layout, e.g.
+    graph-major heads, mixes heads between graphs and fails)."""
+    torch.manual_seed(0)
+    model = GraphTransformNet(hidden=16, heads=4, max_answer_length=6,
+                              canvas_relative_positions=16).eval()
+    assert len(model.canvas_relative) == 2
+    with torch.no_grad():
+        for rel in model.canvas_relative:
+            rel.bias.weight.normal_(0, 3)
+    graphs = [text_to_graph(t) for t in TEXTS]
+    together = model(Batch.from_data_list(graphs)).canvas_log_probs
+    alone = torch.cat([model(Batch.from_data_list([g])).canvas_log_probs for g in graphs])
+    torch.testing.assert_close(together, alone)
+    base = GraphTransformNet(hidden=16, heads=4, max_answer_length=6).eval()
+    base.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(base(Batch.from_data_list(graphs)).canvas_log_probs, together)
+    with torch.no_grad():
+        for rel in model.canvas_relative:
+            rel.bias.weight.zero_()
+    torch.testing.assert_close(model(Batch.from_data_list(graphs)).canvas_log_probs,
+                               base(Batch.from_data_list(graphs)).canvas_log_probs)
+    assert sum(p.numel() for p in model.parameters()) == (
+        sum(p.numel() for p in base.parameters()) + 2 * 16 * 4)
