@@ -5,7 +5,10 @@ A chain of :math:`T` predicted nodes (the model's *canvas*) is pooled by merging
 :class:`~pyg_grapheme.nn.ThresholdMergePool`); every pattern of merges is a contiguous
 segmentation, i.e. a quotient graph that is again a chain. Each canvas node :math:`t`
 carries byte distributions :math:`q_t`; a segment (a pooled node) speaks with the voice
-of its first node. The probability that pooling and emission produce the target chain
+of its first node (``align="left"``: the answer's first grapheme is the canvas's first
+node) or of its last (``align="right"``: its last grapheme is the canvas's last node,
+numbers line up by place value as in column arithmetic; the same sum on the mirrored
+chain). The probability that pooling and emission produce the target chain
 :math:`y_1 \dots y_M` sums over every segmentation into exactly :math:`M` segments,
 segment :math:`j` starting at node :math:`s_j`:
 
@@ -45,9 +48,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import cumsum, to_dense_batch
 
-__all__ = ["segmentation_log_likelihood", "segmentation_nll"]
+__all__ = ["reverse_within_graphs", "segmentation_log_likelihood", "segmentation_nll"]
 
 
 def _dense_chain_logits(merge_logit: Tensor, batch: Tensor, num_graphs: int, T: int) -> Tensor:
@@ -60,6 +63,24 @@ def _dense_chain_logits(merge_logit: Tensor, batch: Tensor, num_graphs: int, T: 
     return zd[:, :-1]
 
 
+def reverse_within_graphs(batch: Tensor, num_graphs: int) -> Tensor:
+    """The permutation that reverses the order of each graph's nodes (``[N]``; ``batch``
+    sorted, each graph's nodes contiguous, PyG's layout): ``x[perm]`` reads every graph
+    backwards."""
+    ptr = cumsum(torch.bincount(batch, minlength=num_graphs))
+    return ptr[batch] + ptr[batch + 1] - 1 - torch.arange(batch.numel(), device=batch.device)
+
+
+def _mirror(log_probs: Tensor, batch: Tensor, merge_logit: Tensor, target: Tensor,
+            target_batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Canvas, merge logits and target chains read backwards (the batch vectors of
+    reversed chains are the same)."""
+    edge_batch = batch[:-1][batch[1:] == batch[:-1]]
+    return (log_probs[reverse_within_graphs(batch, num_graphs)],
+            merge_logit[reverse_within_graphs(edge_batch, num_graphs)],
+            target[reverse_within_graphs(target_batch, num_graphs)])
+
+
 def segmentation_log_likelihood(
     log_probs: Tensor,
     batch: Tensor,
@@ -67,6 +88,7 @@ def segmentation_log_likelihood(
     target: Tensor,
     target_batch: Tensor,
     num_graphs: int | None = None,
+    align: str = "left",
 ) -> Tensor:
     r""":math:`\log P(y)` of each target chain (see the module docstring), ``[B]``.
 
@@ -81,6 +103,8 @@ def segmentation_log_likelihood(
             :func:`~pyg_grapheme.text_to_graph`), contiguous per graph in reading order.
         target_batch: ``[M]`` sorted graph of each target node.
         num_graphs: ``B`` (default: read off the batch vectors).
+        align: ``"left"`` (default): a segment speaks with its first node; ``"right"``:
+            with its last (the module docstring).
 
     Returns ``[B]``; ``-inf`` where no segmentation exists (a target longer than its
     canvas, or an empty target with a non-empty canvas). An empty canvas with an
@@ -92,9 +116,15 @@ def segmentation_log_likelihood(
         raise ValueError(
             f"target must be [M, {log_probs.size(1)}] byte classes, got {tuple(target.shape)}"
         )
+    if align not in ("left", "right"):
+        raise ValueError(f"align must be 'left' or 'right', got {align!r}")
     if num_graphs is None:
         num_graphs = max(int(batch.max()) if batch.numel() else -1,
                          int(target_batch.max()) if target_batch.numel() else -1) + 1
+    if align == "right":
+        # The last node of a segment is the first of the mirrored chain's segment.
+        log_probs, merge_logit, target = _mirror(log_probs, batch, merge_logit, target,
+                                                 target_batch, num_graphs)
     # Under mixed precision the sums over a canvas lose too much in bf16/fp16: float32 at
     # least, outside autocast.
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
@@ -144,10 +174,12 @@ def segmentation_nll(
     target_batch: Tensor,
     num_graphs: int | None = None,
     reduction: str = "mean",
+    align: str = "left",
 ) -> Tensor:
     r"""Negative log-likelihood :math:`-\log P(y) / M` per target grapheme (as
     :func:`torch.nn.functional.ctc_loss` normalises by the target length), mean over
-    pairs (``reduction="mean"``), summed (``"sum"``) or per pair (``"none"``).
+    pairs (``reduction="mean"``), summed (``"sum"``) or per pair (``"none"``);
+    ``align`` as in :func:`segmentation_log_likelihood`.
 
     Raises:
         ValueError: a pair has no segmentation: its target has more graphemes than its
@@ -156,7 +188,7 @@ def segmentation_nll(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     ll = segmentation_log_likelihood(
-        log_probs, batch, merge_logit, target, target_batch, num_graphs
+        log_probs, batch, merge_logit, target, target_batch, num_graphs, align=align
     )
     bad = torch.isneginf(ll).nonzero().view(-1)
     if bad.numel():

@@ -61,7 +61,8 @@ class GraphTransformNet(nn.Module):
     - **Pooling.** :class:`ThresholdMergePool` merges canvas neighbours whose learned
       projections are more similar than its threshold: the contiguous segments are the
       answer's graphemes, the pooled graph is a chain, and each pooled node speaks with
-      the byte distributions of its first canvas node. The merge logits
+      the byte distributions of its first canvas node (its last with
+      ``canvas_align="right"``). The merge logits
       (``merge_logit``) and the canvas distributions (``canvas_log_probs``) are what
       :func:`~pyg_grapheme.loss.segmentation_nll` needs to sum over every segmentation.
 
@@ -121,6 +122,13 @@ class GraphTransformNet(nn.Module):
             self-attention over the canvas (slot distance; started as
             ``relative_init`` says; default ``0``: none, the canvas's order is then its
             slot embeddings and the DAGConv along it; docs/model.md).
+        canvas_align: ``"left"`` (default): each answer grapheme speaks with the first
+            canvas node of its segment, so the answer's first grapheme is the canvas's
+            first node; ``"right"``: with the last, so its last grapheme is the canvas's
+            last node and numbers line up by place value, units on the last slot, as in
+            column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
+            which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
+            attribute; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -157,6 +165,7 @@ class GraphTransformNet(nn.Module):
         relative_positions: int = 32,
         relative_init: str = "alibi",
         canvas_relative_positions: int = 0,
+        canvas_align: str = "left",
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -172,6 +181,9 @@ class GraphTransformNet(nn.Module):
         if canvas_scale <= 0:
             raise ValueError(f"canvas_scale must be > 0, got {canvas_scale}")
         self.canvas_scale = canvas_scale
+        if canvas_align not in ("left", "right"):
+            raise ValueError(f"canvas_align must be 'left' or 'right', got {canvas_align!r}")
+        self.canvas_align = canvas_align
         if decoder_repeats < 1:
             raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
         self.decoder_repeats = decoder_repeats
@@ -328,11 +340,15 @@ class GraphTransformNet(nn.Module):
         z = sel.merge_logit
         assert z is not None  # ThresholdMergePool.select always sets it
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
-        # A cluster is a contiguous run: its first node has the smallest index.
-        first = torch.full((out.x.size(0),), c.size(0), dtype=torch.long, device=x.device)
-        first = first.scatter_reduce(0, out.cluster, torch.arange(c.size(0), device=x.device),
-                                     reduce="amin")
-        logits = log_probs[first]
+        # A cluster is a contiguous run: its first node has the smallest index, its last
+        # the largest; the aligned end speaks.
+        left = self.canvas_align == "left"
+        speaker = torch.full((out.x.size(0),), c.size(0) if left else -1, dtype=torch.long,
+                             device=x.device)
+        speaker = speaker.scatter_reduce(0, out.cluster,
+                                         torch.arange(c.size(0), device=x.device),
+                                         reduce="amin" if left else "amax")
+        logits = log_probs[speaker]
         counts = degree(out.batch, num_graphs, dtype=torch.long)
         return dict(
             x=logits.softmax(dim=-1),

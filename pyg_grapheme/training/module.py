@@ -68,7 +68,8 @@ class GraphemeModule(InjectedModule):
     - :func:`~pyg_grapheme.loss.segmentation_nll` (default, weight 1): the exact
       negative log-likelihood of the target chain summed over every way the pool can
       segment the model's canvas (a forward algorithm). It trains the byte head, the
-      features and the pool's threshold with exact gradients and needs no target count.
+      features and the pool's threshold with exact gradients and needs no target count;
+      its ``align`` is the network's ``canvas_align`` (``"left"`` for networks without one).
     - ``loss``, a :class:`~pyg_grapheme.loss.StructuralLoss` on the pooled answer graph
       (off by default; see docs/training.md for what it buys): the optimal-transport
       graph edit distance surrogate; without forcing, its count gradient reaches the
@@ -169,7 +170,7 @@ class GraphemeModule(InjectedModule):
         if hp.segmentation_weight > 0:
             seg = segmentation_nll(
                 pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit, targets.x,
-                targets.batch, n,
+                targets.batch, n, align=getattr(self.model, "canvas_align", "left"),
             )
             self.log(f"{stage}_segmentation_nll", seg, **log)
             total = total + hp.segmentation_weight * seg

@@ -9,22 +9,20 @@ import torch
 from pyg_grapheme.loss import segmentation_log_likelihood, segmentation_nll
 
 
-def brute_force(log_probs, z, target):
-    """log P(y) by enumerating all 2^(T-1) merge patterns of one chain."""
+def brute_force(log_probs, z, target, align="left"):
+    """log P(y) by enumerating all 2^(T-1) merge patterns of one chain; each segment
+    speaks with its first (``align="left"``) or last (``"right"``) node."""
     T, M = log_probs.size(0), target.size(0)
     lm, lc = torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)
     terms = []
     for cuts in itertools.product([False, True], repeat=T - 1):
         if sum(cuts) != M - 1:
             continue
-        total = log_probs[0].gather(1, target[0].view(-1, 1)).sum()
-        seg = 0
-        for t in range(1, T):
-            if cuts[t - 1]:
-                seg += 1
-                total = total + lc[t - 1] + log_probs[t].gather(1, target[seg].view(-1, 1)).sum()
-            else:
-                total = total + lm[t - 1]
+        total = sum(lc[t] if cut else lm[t] for t, cut in enumerate(cuts))
+        starts = [0] + [t + 1 for t, cut in enumerate(cuts) if cut]
+        ends = [s - 1 for s in starts[1:]] + [T - 1]
+        for seg, node in enumerate(starts if align == "left" else ends):
+            total = total + log_probs[node].gather(1, target[seg].view(-1, 1)).sum()
         terms.append(total)
     if not terms:
         return torch.tensor(float("-inf"), dtype=log_probs.dtype)
@@ -42,18 +40,22 @@ def make(sizes, targets, S=3, K=5, seed=0, dtype=torch.float64):
     return log_probs, batch, z, target, tbatch
 
 
-def test_matches_enumeration_on_a_mixed_batch():
-    sizes, targets = [5, 1, 4, 6], [2, 1, 4, 1]
+@pytest.mark.parametrize("align", ["left", "right"])
+def test_matches_enumeration_on_a_mixed_batch(align):
+    sizes, targets = [5, 1, 4, 6, 0], [2, 1, 4, 3, 0]
     lp, batch, z, target, tbatch = make(sizes, targets)
-    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, len(sizes))
+    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, len(sizes), align=align)
+    assert ll[-1].item() == 0.0  # an empty canvas makes the empty answer
     node, edge, tnode = 0, 0, 0
-    for b, (T, M) in enumerate(zip(sizes, targets, strict=True)):
-        want = brute_force(lp[node:node + T], z[edge:edge + T - 1], target[tnode:tnode + M])
+    for b, (T, M) in enumerate(zip(sizes[:-1], targets[:-1], strict=True)):
+        want = brute_force(lp[node:node + T], z[edge:edge + T - 1], target[tnode:tnode + M],
+                           align)
         assert ll[b].item() == pytest.approx(want.item(), rel=1e-12, abs=1e-12)
         node, edge, tnode = node + T, edge + T - 1, tnode + M
 
 
-def test_likelihood_is_a_distribution_over_answers():
+@pytest.mark.parametrize("align", ["left", "right"])
+def test_likelihood_is_a_distribution_over_answers(align):
     """Summed over every target of every length, P(y) is 1, whatever the merge logits."""
     S, K, T = 2, 2, 4
     lp, batch, z, _, _ = make([T], [1], S=S, K=K, seed=3)
@@ -63,18 +65,21 @@ def test_likelihood_is_a_distribution_over_answers():
         for ys in itertools.product(labels, repeat=M):
             target = torch.tensor(ys).view(M, S)
             tb = torch.zeros(M, dtype=torch.long)
-            total += math.exp(segmentation_log_likelihood(lp, batch, z, target, tb, 1).item())
+            total += math.exp(
+                segmentation_log_likelihood(lp, batch, z, target, tb, 1, align=align).item())
     assert total == pytest.approx(1.0, rel=1e-10)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("align", ["left", "right"])
+def test_gradcheck_float64(align):
     sizes, targets = [4, 1, 3], [2, 1, 3]
     lp, batch, z, target, tbatch = make(sizes, targets)
     logits = lp.clone().requires_grad_()
     z = z.clone().requires_grad_()
 
     def f(logits, z):
-        return segmentation_nll(logits.log_softmax(-1), batch, z, target, tbatch, 3)
+        return segmentation_nll(logits.log_softmax(-1), batch, z, target, tbatch, 3,
+                                align=align)
 
     assert torch.autograd.gradcheck(f, (logits, z))
 
@@ -153,3 +158,28 @@ def test_threshold_gradient_agrees_with_finite_differences_on_24_chains():
         assert fd == pytest.approx(grad, rel=1e-6, abs=1e-9), (case, fd, grad)
         agree += (fd > 0) == (grad > 0)
     assert agree == 24
+
+
+def test_right_alignment_is_the_left_one_of_the_mirrored_chains():
+    """align="right" equals align="left" on each chain, merge logits and target read
+    backwards (values and gradients), and differs from align="left" itself."""
+    sizes, targets = [5, 3, 1, 6], [2, 3, 1, 4]
+    lp, batch, z, target, tbatch = make(sizes, targets, seed=4)
+    lp.requires_grad_(True)
+    right = segmentation_nll(lp, batch, z, target, tbatch, len(sizes), align="right")
+    (g_right,) = torch.autograd.grad(right, lp)
+    lp_m, z_m, t_m = [], [], []
+    node, edge, tnode = 0, 0, 0
+    for T, M in zip(sizes, targets, strict=True):
+        lp_m.append(lp[node:node + T].flip(0))
+        z_m.append(z[edge:edge + T - 1].flip(0))
+        t_m.append(target[tnode:tnode + M].flip(0))
+        node, edge, tnode = node + T, edge + T - 1, tnode + M
+    left = segmentation_nll(torch.cat(lp_m), batch, torch.cat(z_m), torch.cat(t_m), tbatch,
+                            len(sizes))
+    (g_left,) = torch.autograd.grad(left, lp)
+    torch.testing.assert_close(right, left, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_right, g_left, rtol=1e-12, atol=1e-12)
+    assert abs(right.item() - segmentation_nll(lp, batch, z, target, tbatch).item()) > 1e-3
+    with pytest.raises(ValueError, match="align"):
+        segmentation_nll(lp, batch, z, target, tbatch, align="centre")
