@@ -77,3 +77,22 @@ def test_right_alignment_learns_to_answer():
 def test_bad_alignment():
     with pytest.raises(ValueError, match="canvas_align"):
         GraphTransformNet(hidden=16, heads=2, canvas_align="centre")
+
+
+def test_right_alignment_under_compile_equals_eager():
+    torch._dynamo.reset()
+    net = _net("right").train()
+    batch = next(iter(DataLoader([PairData.from_texts(q, a) for q, a in PAIRS],
+                                 batch_size=len(PAIRS), follow_batch=FOLLOW_BATCH)))
+    inputs, targets = split_pair_batch(batch)
+    params = list(net.parameters())
+    outs, grads = [], []
+    for model in (net, torch.compile(net, backend="aot_eager")):
+        pred = model(inputs)
+        loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
+                                targets.x, targets.batch, len(PAIRS), align="right")
+        outs.append(pred)
+        grads.append(torch.autograd.grad(loss + pred.x.pow(2).sum(), params))
+    torch.testing.assert_close(outs[1].logits, outs[0].logits)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
