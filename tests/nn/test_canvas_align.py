@@ -15,6 +15,13 @@ from pyg_grapheme.training import GraphemeModule
 PAIRS = [("(+ 7 5)", "12"), ("(* (- 2 4) 4)", "-8"), ("ab", "xyz"), ("7", "7")]
 
 
+def _pair_batch():
+    """The PAIRS as one batch of pair graphs, and its question and answer halves."""
+    batch = next(iter(DataLoader([PairData.from_texts(q, a) for q, a in PAIRS],
+                                 batch_size=len(PAIRS), follow_batch=FOLLOW_BATCH)))
+    return batch, *split_pair_batch(batch)
+
+
 def _net(align: str) -> GraphTransformNet:
     torch.manual_seed(0)
     net = GraphTransformNet(hidden=16, heads=2, max_answer_length=6, canvas_align=align,
@@ -39,9 +46,7 @@ def test_each_segment_speaks_with_its_aligned_end(align):
 
 
 def test_the_module_trains_each_alignment_with_its_own_likelihood():
-    batch = next(iter(DataLoader([PairData.from_texts(q, a) for q, a in PAIRS],
-                                 batch_size=len(PAIRS), follow_batch=FOLLOW_BATCH)))
-    inputs, targets = split_pair_batch(batch)
+    batch, inputs, targets = _pair_batch()
     values = {}
     for align in ("left", "right"):
         module = GraphemeModule(_net(align).train())
@@ -57,9 +62,7 @@ def test_right_alignment_learns_to_answer():
     """A few hundred steps on four pairs: the right-aligned model's decoded answers are
     the targets (the speaker and the likelihood agree; with the left speaker under the
     right likelihood the decoded answers come out misaligned)."""
-    batch = next(iter(DataLoader([PairData.from_texts(q, a) for q, a in PAIRS],
-                                 batch_size=len(PAIRS), follow_batch=FOLLOW_BATCH)))
-    inputs, targets = split_pair_batch(batch)
+    batch, inputs, targets = _pair_batch()
     net = _net("right").train()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     module = GraphemeModule(net)
@@ -82,9 +85,7 @@ def test_bad_alignment():
 def test_right_alignment_under_compile_equals_eager():
     torch._dynamo.reset()
     net = _net("right").train()
-    batch = next(iter(DataLoader([PairData.from_texts(q, a) for q, a in PAIRS],
-                                 batch_size=len(PAIRS), follow_batch=FOLLOW_BATCH)))
-    inputs, targets = split_pair_batch(batch)
+    batch, inputs, targets = _pair_batch()
     params = list(net.parameters())
     outs, grads = [], []
     for model in (net, torch.compile(net, backend="aot_eager")):
