@@ -14,7 +14,11 @@ edge head (:class:`~pyg_grapheme.nn.EdgeHead`, every ordered pair of an output g
 ``m`` nodes, O(m^2) per graph) against the byte head (:class:`~pyg_grapheme.nn.ByteHead`,
 O(m)) on the same nodes, one row per canvas size ``m``: 64 graphs, the model's hidden
 size, forward+backward, and their ratio (measured back to back in the same run); the
-ratio grows linearly in ``m``.
+ratio grows linearly in ``m``. Table 4: the training loss,
+:func:`~pyg_grapheme.loss.segmentation_nll`, forward+backward per canvas size, left and
+right aligned, against the one-hot form it replaced (emissions as a product of the
+``[T, S * K]`` log-probs with the targets' one-hot, the log-probs mirrored for
+``align="right"``; the same forward algorithm), measured back to back in the same run.
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
 small ops far slower). ``--out FILE.json`` writes the measured rows (the README's speed
 table is rendered from it by ``experiments/readme_tables.py``).
@@ -73,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--canvas", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--blocks", nargs="+", default=["gps", "pre_ln"],
                     help="GraphTransformNet layer forms to time in table 1")
-    ap.add_argument("--tables", nargs="+", default=["model", "sizes", "edge"],
-                    choices=["model", "sizes", "edge"], help="which tables to print")
+    ap.add_argument("--tables", nargs="+", default=["model", "sizes", "edge", "loss"],
+                    choices=["model", "sizes", "edge", "loss"], help="which tables to print")
     ap.add_argument("--out", type=Path, help="write the measured rows as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -91,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         tables["sizes"] = size_table(args, rng)
     if "edge" in args.tables:
         tables["edge"] = edge_table(args)
+    if "loss" in args.tables:
+        tables["loss"] = loss_table(args)
     result = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
               "repeats": args.repeats,
               "torch": torch.__version__, "load": load, **tables}
@@ -127,6 +133,73 @@ def edge_table(args, graphs: int = 64) -> list[dict]:
         print(f"| {m} | {pairs:,} | {1e3 * te:.1f} | {1e3 * tb:.1f} | {te / tb:.2f} | "
               f"{1e6 * te / pairs:.3f} |")
         rows.append({"canvas": m, "pairs": pairs, "edge_s": te, "byte_s": tb})
+    return rows
+
+
+def onehot_segmentation_nll(log_probs, batch, merge_logit, target, target_batch, num_graphs,
+                            align="left"):
+    """The peer of table 4: :func:`segmentation_nll` as it was before the gather (valid
+    pairs only; the same forward algorithm)."""
+    import torch.nn.functional as F
+    from torch_geometric.utils import to_dense_batch
+
+    from pyg_grapheme.loss import segmentation as seg
+
+    B = num_graphs
+    if align == "right":
+        edge_batch = batch[:-1][batch[1:] == batch[:-1]]
+        log_probs = log_probs[seg.reverse_within_graphs(batch, B)]
+        merge_logit = merge_logit[seg.reverse_within_graphs(edge_batch, B)]
+        target = target[seg.reverse_within_graphs(target_batch, B)]
+    t_len, m_len = torch.bincount(batch, minlength=B), torch.bincount(target_batch, minlength=B)
+    T, M = int(t_len.max()), int(m_len.max())
+    lp = to_dense_batch(log_probs.flatten(1), batch, batch_size=B, max_num_nodes=T)[0]
+    onehot = F.one_hot(target.long(), log_probs.size(-1)).to(lp.dtype).flatten(1)
+    yt = to_dense_batch(onehot, target_batch, batch_size=B, max_num_nodes=M)[0]
+    z = seg._dense_chain_logits(merge_logit, batch, B, T)
+    ll = seg._chain_forward(lp @ yt.transpose(1, 2), z, t_len, m_len)
+    return (-ll / m_len.clamp_min(1)).mean()
+
+
+def loss_table(args, graphs: int = 64) -> list[dict]:
+    """segmentation_nll (gathered emissions) against its one-hot form, per canvas."""
+    from pyg_grapheme.data import GRAPHEME_WIDTH
+
+    print(f"\n{graphs} canvases of m nodes, {GRAPHEME_WIDTH} byte slots x 256 classes, "
+          "answers of 1..m/2 graphemes, forward+backward of the loss alone")
+    print("| canvas m | align | segmentation_nll ms | one-hot form ms | speed-up | max diff |")
+    print("|---|---|---|---|---|---|")
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for m in args.canvas:
+        lens = torch.randint(1, m // 2 + 1, (graphs,), generator=gen)
+        batch = torch.arange(graphs).repeat_interleave(m)
+        target_batch = torch.arange(graphs).repeat_interleave(lens)
+        target = torch.randint(0, 256, (int(lens.sum()), GRAPHEME_WIDTH), generator=gen)
+        log_probs = torch.randn(graphs * m, GRAPHEME_WIDTH, 256, generator=gen).log_softmax(-1)
+        logit = torch.randn(graphs * (m - 1), generator=gen)
+        for align in ("left", "right"):
+            def run(fn, align=align, log_probs=log_probs, logit=logit, batch=batch,
+                    target=target, target_batch=target_batch):
+                lp, z = log_probs.clone().requires_grad_(), logit.clone().requires_grad_()
+                loss = fn(lp, batch, z, target, target_batch, graphs, align=align)
+                loss.backward()
+                return loss.detach()
+
+            diff = float((run(segmentation_nll) - run(onehot_segmentation_nll)).abs())
+            # Interleaved, so that a change in the machine's load hits both alike.
+            run(segmentation_nll), run(onehot_segmentation_nll)  # warm-up
+            times: dict = {segmentation_nll: [], onehot_segmentation_nll: []}
+            for _ in range(args.repeats):
+                for fn, ts in times.items():
+                    t0 = time.perf_counter()
+                    run(fn)
+                    ts.append(time.perf_counter() - t0)
+            t_new, t_old = (statistics.median(ts) for ts in times.values())
+            print(f"| {m} | {align} | {1e3 * t_new:.2f} | {1e3 * t_old:.2f} | "
+                  f"{t_old / t_new:.2f}x | {diff:.1e} |")
+            rows.append({"canvas": m, "align": align, "gather_s": t_new, "onehot_s": t_old,
+                         "max_diff": diff})
     return rows
 
 

@@ -71,16 +71,6 @@ def reverse_within_graphs(batch: Tensor, num_graphs: int) -> Tensor:
     return ptr[batch] + ptr[batch + 1] - 1 - torch.arange(batch.numel(), device=batch.device)
 
 
-def _mirror(log_probs: Tensor, batch: Tensor, merge_logit: Tensor, target: Tensor,
-            target_batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Canvas, merge logits and target chains read backwards (the batch vectors of
-    reversed chains are the same)."""
-    edge_batch = batch[:-1][batch[1:] == batch[:-1]]
-    return (log_probs[reverse_within_graphs(batch, num_graphs)],
-            merge_logit[reverse_within_graphs(edge_batch, num_graphs)],
-            target[reverse_within_graphs(target_batch, num_graphs)])
-
-
 def segmentation_log_likelihood(
     log_probs: Tensor,
     batch: Tensor,
@@ -121,19 +111,15 @@ def segmentation_log_likelihood(
     if num_graphs is None:
         num_graphs = max(int(batch.max()) if batch.numel() else -1,
                          int(target_batch.max()) if target_batch.numel() else -1) + 1
-    if align == "right":
-        # The last node of a segment is the first of the mirrored chain's segment.
-        log_probs, merge_logit, target = _mirror(log_probs, batch, merge_logit, target,
-                                                 target_batch, num_graphs)
     # Under mixed precision the sums over a canvas lose too much in bf16/fp16: float32 at
     # least, outside autocast.
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     with torch.autocast(log_probs.device.type, enabled=False):
         return _forward(log_probs.to(dtype), batch, merge_logit.to(dtype), target,
-                        target_batch, num_graphs)
+                        target_batch, num_graphs, mirror=align == "right")
 
 
-def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs):
+def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, mirror):
     B = num_graphs
     dev, dtype = log_probs.device, log_probs.dtype
     t_len = torch.bincount(batch, minlength=B)
@@ -143,17 +129,42 @@ def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs):
     out = torch.where((t_len == 0) & (m_len == 0), 0.0, out)
     if T == 0 or M == 0:
         return out
-    S, K = log_probs.shape[1:]
-    # Emission log-likelihoods E[b, t, j] = sum_s log q_t[s, y_j[s]], one batched matmul.
-    lp = to_dense_batch(log_probs.flatten(1), batch, batch_size=B, max_num_nodes=T)[0]
-    onehot = F.one_hot(target.long(), K).to(dtype).flatten(1)
-    yt = to_dense_batch(onehot, target_batch, batch_size=B, max_num_nodes=M)[0]
-    emit = lp @ yt.transpose(1, 2)  # [B, T, M]
+    if mirror:
+        # Right alignment: the last node of a segment is the first of the mirrored
+        # chain's segment. Mirror the small tensors (targets, emissions, merge logits),
+        # not the [T, S, K] log-probs.
+        target = target[reverse_within_graphs(target_batch, B)]
+    emit_nodes = _emissions(log_probs, batch, target, target_batch, B, M)
+    if mirror:
+        emit_nodes = emit_nodes[reverse_within_graphs(batch, B)]
+        edge_batch = batch[:-1][batch[1:] == batch[:-1]]
+        merge_logit = merge_logit[reverse_within_graphs(edge_batch, B)]
+    emit = to_dense_batch(emit_nodes, batch, batch_size=B, max_num_nodes=T)[0]
     z = _dense_chain_logits(merge_logit, batch, B, T)
+    ll = _chain_forward(emit, z, t_len, m_len)
+    ok = (m_len > 0) & (m_len <= t_len)
+    return torch.where(ok, ll, out)
+
+
+def _emissions(log_probs: Tensor, batch: Tensor, target: Tensor, target_batch: Tensor,
+               num_graphs: int, M: int) -> Tensor:
+    """``E[n, j] = sum_s log q_n[s, y_j[s]]``, ``[T, M]``: every canvas node ``n`` against
+    every target grapheme ``j`` of its graph (``j`` past the graph's length: padding).
+    A gather of ``S`` entries per pair, not a product with the targets' one-hot over
+    all ``S * K`` classes: the log-probs are the big tensor here."""
+    y = to_dense_batch(target.long(), target_batch, batch_size=num_graphs, max_num_nodes=M)[0]
+    return log_probs.gather(2, y[batch].transpose(1, 2)).sum(1)
+
+
+def _chain_forward(emit: Tensor, z: Tensor, t_len: Tensor, m_len: Tensor) -> Tensor:
+    """The forward algorithm of the module docstring: ``alpha_T(M)`` per pair, ``[B]``,
+    from emissions ``[B, T, M]`` and chain merge logits ``[B, T - 1]`` (only pairs with
+    ``1 <= M <= T`` are meaningful)."""
+    B, T, M = emit.shape
     log_merge, log_cut = F.logsigmoid(z), F.logsigmoid(-z)
     # A large finite "impossible" keeps logaddexp's gradient finite (-inf - -inf is nan).
-    neg = torch.finfo(dtype).min / 4
-    alpha = torch.full((B, M), neg, dtype=dtype, device=dev)
+    neg = torch.finfo(emit.dtype).min / 4
+    alpha = torch.full((B, M), neg, dtype=emit.dtype, device=emit.device)
     alpha[:, 0] = emit[:, 0, 0]
     for t in range(1, T):
         stay = alpha + log_merge[:, t - 1 : t]
@@ -161,9 +172,7 @@ def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs):
         nxt = torch.logaddexp(stay, move).clamp_min(neg)
         alpha = torch.where((t < t_len).unsqueeze(1), nxt, alpha)
     idx = (m_len - 1).clamp_min(0).unsqueeze(1)
-    ll = alpha.gather(1, idx).squeeze(1)
-    ok = (m_len > 0) & (m_len <= t_len)
-    return torch.where(ok, ll, out)
+    return alpha.gather(1, idx).squeeze(1)
 
 
 def segmentation_nll(
