@@ -148,7 +148,7 @@ def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, mi
 
 def _emissions(log_probs: Tensor, batch: Tensor, target: Tensor, target_batch: Tensor,
                num_graphs: int, M: int) -> Tensor:
-    """``E[n, j] = sum_s log q_n[s, y_j[s]]``, ``[T, M]``: every canvas node ``n`` against
+    """``E[n, j] = sum_s log q_n[s, y_j[s]]``, ``[N, M]``: every canvas node ``n`` against
     every target grapheme ``j`` of its graph (``j`` past the graph's length: padding).
     A gather of ``S`` entries per pair, not a product with the targets' one-hot over
     all ``S * K`` classes: the log-probs are the big tensor here."""
