@@ -61,8 +61,8 @@ class GraphTransformNet(nn.Module):
     - **Pooling.** :class:`ThresholdMergePool` merges canvas neighbours whose learned
       projections are more similar than its threshold: the contiguous segments are the
       answer's graphemes, the pooled graph is a chain, and each pooled node speaks with
-      the byte distributions of its last canvas node (its first with
-      ``canvas_align="left"``). The merge logits
+      the byte distributions of its first canvas node (its last with
+      ``canvas_align="right"``). The merge logits
       (``merge_logit``) and the canvas distributions (``canvas_log_probs``) are what
       :func:`~pyg_grapheme.loss.segmentation_nll` needs to sum over every segmentation.
 
@@ -122,15 +122,13 @@ class GraphTransformNet(nn.Module):
             self-attention over the canvas (slot distance; started as
             ``relative_init`` says; default ``0``: none, the canvas's order is then its
             slot embeddings and the DAGConv along it; docs/model.md).
-        canvas_align: ``"right"`` (default): each answer grapheme speaks with the last
-            canvas node of its segment, so the answer's last grapheme is the canvas's
+        canvas_align: ``"left"`` (default): each answer grapheme speaks with the first
+            canvas node of its segment, so the answer's first grapheme is the canvas's
+            first node; ``"right"``: with the last, so its last grapheme is the canvas's
             last node and numbers line up by place value, units on the last slot, as in
-            column arithmetic; ``"left"``: with the first, so the answer's first
-            grapheme is the canvas's first node (the likelihood:
-            ``segmentation_nll(..., align=...)``, which
-            :class:`~pyg_grapheme.training.GraphemeModule` passes from this attribute;
-            docs/model.md). Checkpoints written before this default load with
-            ``"left"``.
+            column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
+            which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
+            attribute; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -167,7 +165,7 @@ class GraphTransformNet(nn.Module):
         relative_positions: int = 32,
         relative_init: str = "alibi",
         canvas_relative_positions: int = 0,
-        canvas_align: str = "right",
+        canvas_align: str = "left",
     ) -> None:
         super().__init__()
         if hidden % heads:

@@ -117,10 +117,9 @@ class GraphemeModule(InjectedModule):
     flat_dropped = ("grad_clip", "warmup_epochs", "cosine", "min_lr_ratio")
     # run_positions and canvas_scale came in at 0 / 1, then became 32 / 0.02; pool_tau
     # was 1 until it became 0.5; relative_positions came in at 0, then became 32
-    # (checkpoints since spell them out, as every argument); canvas_align came in as
-    # "left", then became "right"
+    # (checkpoints since spell them out, as every argument)
     network_defaults_before = {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0,
-                               "relative_positions": 0, "canvas_align": "left"}
+                               "relative_positions": 0}
 
     def __init__(
         self,

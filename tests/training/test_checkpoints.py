@@ -249,9 +249,8 @@ def test_checkpoint_of_other_layers_fails_clearly_or_loads(tmp_path):
 
 
 def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
-    """``run_positions``, ``canvas_scale``, ``pool_tau``, ``relative_positions`` and
-    ``canvas_align`` changed defaults (0 -> 32, 1 -> 0.02, 1 -> 0.5, 0 -> 32, left ->
-    right). A checkpoint whose network
+    """``run_positions``, ``canvas_scale``, ``pool_tau`` and ``relative_positions``
+    changed defaults (0 -> 32, 1 -> 0.02, 1 -> 0.5, 0 -> 32). A checkpoint whose network
     config does not name them (LightningCLI's form, written before they existed; and the
     old flat form) loads with the values it was trained with: the same weights (no
     missing run-position or relative-bias table) and the same answers."""
@@ -261,12 +260,11 @@ def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
     small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
     before = GraphemeModule.network_defaults_before
     assert before == {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0,
-                      "relative_positions": 0, "canvas_align": "left"}
+                      "relative_positions": 0}
     today = GraphTransformNet()
     assert today.enc[0].relative is not None
     assert today.canvas_scale != before["canvas_scale"]  # changed defaults
     assert today.pool.tau != before["pool_tau"]
-    assert today.canvas_align != before["canvas_align"]
     torch.manual_seed(0)
     old = GraphemeModule(GraphTransformNet(**small, **before))
     config = {"class_path": "pyg_grapheme.nn.GraphTransformNet", "init_args": dict(small)}
@@ -277,7 +275,6 @@ def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
         assert (loaded.model.canvas_scale, loaded.model.encoder.run_positions) == (1.0, 0)
         assert loaded.model.pool.tau == 1.0
         assert all(layer.relative is None for layer in loaded.model.enc)
-        assert loaded.model.canvas_align == "left"
         old.eval(), loaded.eval()
         assert loaded.model.generate(["hi", "2+2"]) == old.model.generate(["hi", "2+2"])
     # a checkpoint that names them keeps what it names
