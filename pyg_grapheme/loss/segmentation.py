@@ -50,8 +50,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.utils import cumsum, to_dense_batch
 
-ALIGNMENTS = ("left", "right", "any")
-
 __all__ = ["reverse_within_graphs", "segmentation_log_likelihood", "segmentation_nll"]
 
 
@@ -96,10 +94,7 @@ def segmentation_log_likelihood(
         target_batch: ``[M]`` sorted graph of each target node.
         num_graphs: ``B`` (default: read off the batch vectors).
         align: ``"left"`` (default): a segment speaks with its first node; ``"right"``:
-            with its last (the module docstring); ``"any"``: with any of its nodes, a
-            uniform mixture, :math:`q_{s..e}(y) = \frac{1}{e - s + 1} \sum_{t=s}^{e}
-            q_t(y)` (a semi-Markov forward algorithm, :math:`O(T^2 M)` per pair): the
-            model places each grapheme on whichever node of its segment it likes.
+            with its last (the module docstring).
 
     Returns ``[B]``; ``-inf`` where no segmentation exists (a target longer than its
     canvas, or an empty target with a non-empty canvas). An empty canvas with an
@@ -111,8 +106,8 @@ def segmentation_log_likelihood(
         raise ValueError(
             f"target must be [M, {log_probs.size(1)}] byte classes, got {tuple(target.shape)}"
         )
-    if align not in ALIGNMENTS:
-        raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
+    if align not in ("left", "right"):
+        raise ValueError(f"align must be 'left' or 'right', got {align!r}")
     if num_graphs is None:
         num_graphs = max(int(batch.max()) if batch.numel() else -1,
                          int(target_batch.max()) if target_batch.numel() else -1) + 1
@@ -121,10 +116,10 @@ def segmentation_log_likelihood(
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     with torch.autocast(log_probs.device.type, enabled=False):
         return _forward(log_probs.to(dtype), batch, merge_logit.to(dtype), target,
-                        target_batch, num_graphs, align)
+                        target_batch, num_graphs, mirror=align == "right")
 
 
-def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, align):
+def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, mirror):
     B = num_graphs
     dev, dtype = log_probs.device, log_probs.dtype
     t_len = torch.bincount(batch, minlength=B)
@@ -134,7 +129,6 @@ def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, al
     out = torch.where((t_len == 0) & (m_len == 0), 0.0, out)
     if T == 0 or M == 0:
         return out
-    mirror = align == "right"
     if mirror:
         # Right alignment: the last node of a segment is the first of the mirrored
         # chain's segment. Mirror the small tensors (targets, emissions, merge logits),
@@ -147,7 +141,7 @@ def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, al
         merge_logit = merge_logit[reverse_within_graphs(edge_batch, B)]
     emit = to_dense_batch(emit_nodes, batch, batch_size=B, max_num_nodes=T)[0]
     z = _dense_chain_logits(merge_logit, batch, B, T)
-    ll = (_mixture_forward if align == "any" else _chain_forward)(emit, z, t_len, m_len)
+    ll = _chain_forward(emit, z, t_len, m_len)
     ok = (m_len > 0) & (m_len <= t_len)
     return torch.where(ok, ll, out)
 
@@ -179,39 +173,6 @@ def _chain_forward(emit: Tensor, z: Tensor, t_len: Tensor, m_len: Tensor) -> Ten
         alpha = torch.where((t < t_len).unsqueeze(1), nxt, alpha)
     idx = (m_len - 1).clamp_min(0).unsqueeze(1)
     return alpha.gather(1, idx).squeeze(1)
-
-
-def _mixture_forward(emit: Tensor, z: Tensor, t_len: Tensor, m_len: Tensor) -> Tensor:
-    """``align="any"``: the semi-Markov forward algorithm over segments ``s..e``, each
-    emitting with the mean of its nodes' likelihoods; ``log P(y)`` per pair, ``[B]``
-    (arguments as :func:`_chain_forward`). ``a[e][:, j]``: nodes ``0..e`` form segments
-    ``0..j``, the last ending at ``e``. ``O(T^2 M)`` per pair."""
-    B, T, M = emit.shape
-    log_merge, log_cut = F.logsigmoid(z), F.logsigmoid(-z)
-    neg = torch.finfo(emit.dtype).min / 4
-    # inner[:, e] - inner[:, s]: the log-probability that edges s..e-1 all merge.
-    inner = F.pad(log_merge.cumsum(1), (1, 0))
-    ar = torch.arange(T, device=emit.device)
-    a: list[Tensor] = []
-    run = emit.new_full((B, T, M), neg)  # logsumexp of emit[s..e] for each start s <= e
-    for e in range(T):
-        run = torch.where((ar <= e).view(1, T, 1),
-                          torch.logaddexp(run, emit[:, e : e + 1]).clamp_min(neg), run)
-        seg = (run[:, : e + 1] - torch.log1p(e - ar[: e + 1].to(emit.dtype)).view(1, -1, 1)
-               + (inner[:, e : e + 1] - inner[:, : e + 1]).unsqueeze(2))
-        # s = 0 opens the first segment; s >= 1 follows a segment that ended at s - 1
-        first = F.pad(seg[:, :1, :1], (0, M - 1), value=neg)
-        if e:
-            prev = torch.stack(a, 1)  # [B, e, M]: segments ending at 0..e-1
-            prev = F.pad(prev[..., :-1], (1, 0), value=neg) + log_cut[:, :e].unsqueeze(2)
-            terms = torch.cat([first, prev + seg[:, 1:]], 1)
-        else:
-            terms = first
-        a.append(torch.logsumexp(terms, 1).clamp_min(neg))
-    alpha = torch.stack(a, 1)  # [B, T, M]
-    e_idx = (t_len - 1).clamp_min(0).view(B, 1, 1).expand(B, 1, M)
-    return alpha.gather(1, e_idx).squeeze(1).gather(1, (m_len - 1).clamp_min(0).unsqueeze(1)
-                                                     ).squeeze(1)
 
 
 def segmentation_nll(

@@ -11,7 +11,6 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import cumsum, degree, to_dense_batch
 
 from pyg_grapheme.data.graphemes import text_to_graph
-from pyg_grapheme.loss.segmentation import ALIGNMENTS
 from pyg_grapheme.nn.blocks import (
     GatedMessagePassing,
     PreNormGraphBlock,
@@ -127,12 +126,9 @@ class GraphTransformNet(nn.Module):
             canvas node of its segment, so the answer's first grapheme is the canvas's
             first node; ``"right"``: with the last, so its last grapheme is the canvas's
             last node and numbers line up by place value, units on the last slot, as in
-            column arithmetic; ``"any"``: the likelihood sums over which node of the
-            segment speaks (a uniform mixture), so the model places each grapheme where
-            it likes, and the node whose best grapheme is likeliest speaks (the
-            likelihood: ``segmentation_nll(..., align=...)``, which
-            :class:`~pyg_grapheme.training.GraphemeModule` passes from this attribute;
-            docs/model.md).
+            column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
+            which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
+            attribute; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -185,8 +181,8 @@ class GraphTransformNet(nn.Module):
         if canvas_scale <= 0:
             raise ValueError(f"canvas_scale must be > 0, got {canvas_scale}")
         self.canvas_scale = canvas_scale
-        if canvas_align not in ALIGNMENTS:
-            raise ValueError(f"canvas_align must be one of {ALIGNMENTS}, got {canvas_align!r}")
+        if canvas_align not in ("left", "right"):
+            raise ValueError(f"canvas_align must be 'left' or 'right', got {canvas_align!r}")
         self.canvas_align = canvas_align
         if decoder_repeats < 1:
             raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
@@ -344,7 +340,15 @@ class GraphTransformNet(nn.Module):
         z = sel.merge_logit
         assert z is not None  # ThresholdMergePool.select always sets it
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
-        logits = log_probs[_speakers(log_probs, out.cluster, out.x.size(0), self.canvas_align)]
+        # A cluster is a contiguous run: its first node has the smallest index, its last
+        # the largest; the aligned end speaks.
+        left = self.canvas_align == "left"
+        speaker = torch.full((out.x.size(0),), c.size(0) if left else -1, dtype=torch.long,
+                             device=x.device)
+        speaker = speaker.scatter_reduce(0, out.cluster,
+                                         torch.arange(c.size(0), device=x.device),
+                                         reduce="amin" if left else "amax")
+        logits = log_probs[speaker]
         counts = degree(out.batch, num_graphs, dtype=torch.long)
         return dict(
             x=logits.softmax(dim=-1),
@@ -387,25 +391,6 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
-
-
-def _speakers(log_probs: Tensor, cluster: Tensor, num_clusters: int, align: str) -> Tensor:
-    """The canvas node that speaks for each pooled node, ``[num_clusters]``. A cluster is
-    a contiguous run: its first node has the smallest index, its last the largest;
-    ``"left"`` / ``"right"``: that end speaks; ``"any"`` (the likelihood's uniform
-    mixture over the segment): the node whose own best grapheme is likeliest, the
-    mixture's mode up to the other nodes' share (the first such node on a tie)."""
-    n = log_probs.size(0)
-    index = torch.arange(n, device=log_probs.device)
-    if align == "any":
-        score = log_probs.amax(-1).sum(-1)  # log q_t of node t's best grapheme
-        best = score.new_full((num_clusters,), float("-inf"))
-        best = best.scatter_reduce(0, cluster, score, reduce="amax")
-        index = torch.where(score == best[cluster], index, n)
-    left = align != "right"
-    speaker = torch.full((num_clusters,), n if left else -1, dtype=torch.long,
-                         device=log_probs.device)
-    return speaker.scatter_reduce(0, cluster, index, reduce="amin" if left else "amax")
 
 
 @torch.compiler.disable

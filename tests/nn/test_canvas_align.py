@@ -29,7 +29,7 @@ def _net(align: str) -> GraphTransformNet:
     return net
 
 
-@pytest.mark.parametrize("align", ["left", "right", "any"])
+@pytest.mark.parametrize("align", ["left", "right"])
 def test_each_segment_speaks_with_its_aligned_end(align):
     net = _net(align)
     batch = Batch.from_data_list([text_to_graph(q) for q, _ in PAIRS])
@@ -41,18 +41,14 @@ def test_each_segment_speaks_with_its_aligned_end(align):
     for k in range(pred.x.size(0)):
         nodes = (cluster == k).nonzero().view(-1)
         assert (nodes.diff() == 1).all()  # contiguous
-        if align == "any":  # the node whose best grapheme is likeliest
-            score = pred.canvas_log_probs[nodes].amax(-1).sum(-1)
-            speaker = nodes[score.argmax()]
-        else:
-            speaker = nodes.min() if align == "left" else nodes.max()
+        speaker = nodes.min() if align == "left" else nodes.max()
         torch.testing.assert_close(pred.logits[k], pred.canvas_log_probs[speaker])
 
 
 def test_the_module_trains_each_alignment_with_its_own_likelihood():
     batch, inputs, targets = _pair_batch()
     values = {}
-    for align in ("left", "right", "any"):
+    for align in ("left", "right"):
         module = GraphemeModule(_net(align).train())
         loss, pred, _ = module._step(batch, "val")
         want = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
@@ -60,16 +56,14 @@ def test_the_module_trains_each_alignment_with_its_own_likelihood():
         torch.testing.assert_close(loss, want)
         values[align] = loss.item()
     assert abs(values["left"] - values["right"]) > 1e-3
-    assert min(abs(values["any"] - values[a]) for a in ("left", "right")) > 1e-3
 
 
-@pytest.mark.parametrize("align", ["right", "any"])
-def test_alignment_learns_to_answer(align):
-    """A few hundred steps on four pairs: the decoded answers are the targets (the
-    speaker and the likelihood agree; right-aligned, with the left speaker the decoded
-    answers come out misaligned)."""
+def test_right_alignment_learns_to_answer():
+    """A few hundred steps on four pairs: the right-aligned model's decoded answers are
+    the targets (the speaker and the likelihood agree; with the left speaker under the
+    right likelihood the decoded answers come out misaligned)."""
     batch, inputs, targets = _pair_batch()
-    net = _net(align).train()
+    net = _net("right").train()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     module = GraphemeModule(net)
     for _ in range(300):
@@ -79,9 +73,8 @@ def test_alignment_learns_to_answer(align):
         opt.step()
     questions = [q for q, _ in PAIRS]
     assert net.generate(questions) == [a for _, a in PAIRS]
-    if align == "right":
-        net.canvas_align = "left"  # the other end of each segment speaks
-        assert net.generate(questions) != [a for _, a in PAIRS]
+    net.canvas_align = "left"  # the other end of each segment speaks
+    assert net.generate(questions) != [a for _, a in PAIRS]
 
 
 def test_bad_alignment():
