@@ -79,7 +79,6 @@ def segmentation_log_likelihood(
     target_batch: Tensor,
     num_graphs: int | None = None,
     align: str = "left",
-    align_logit: Tensor | None = None,
 ) -> Tensor:
     r""":math:`\log P(y)` of each target chain (see the module docstring), ``[B]``.
 
@@ -95,9 +94,7 @@ def segmentation_log_likelihood(
         target_batch: ``[M]`` sorted graph of each target node.
         num_graphs: ``B`` (default: read off the batch vectors).
         align: ``"left"`` (default): a segment speaks with its first node; ``"right"``:
-            with its last (the module docstring); ``"auto"``: the mixture
-            :math:`\sigma(-g) P_{\text{left}}(y) + \sigma(g) P_{\text{right}}(y)`.
-        align_logit: ``[B]`` the logits :math:`g` of ``align="auto"``.
+            with its last (the module docstring).
 
     Returns ``[B]``; ``-inf`` where no segmentation exists (a target longer than its
     canvas, or an empty target with a non-empty canvas). An empty canvas with an
@@ -109,10 +106,8 @@ def segmentation_log_likelihood(
         raise ValueError(
             f"target must be [M, {log_probs.size(1)}] byte classes, got {tuple(target.shape)}"
         )
-    if align not in ("left", "right", "auto"):
-        raise ValueError(f"align must be 'left', 'right' or 'auto', got {align!r}")
-    if (align == "auto") != (align_logit is not None):
-        raise ValueError("align='auto' needs align_logit ([B]), and only it takes one")
+    if align not in ("left", "right"):
+        raise ValueError(f"align must be 'left' or 'right', got {align!r}")
     if num_graphs is None:
         num_graphs = max(int(batch.max()) if batch.numel() else -1,
                          int(target_batch.max()) if target_batch.numel() else -1) + 1
@@ -120,15 +115,8 @@ def segmentation_log_likelihood(
     # least, outside autocast.
     dtype = torch.promote_types(log_probs.dtype, torch.float32)
     with torch.autocast(log_probs.device.type, enabled=False):
-        lp, z = log_probs.to(dtype), merge_logit.to(dtype)
-        if align_logit is None:
-            return _forward(lp, batch, z, target, target_batch, num_graphs,
-                            mirror=align == "right")
-        g = align_logit.to(dtype)
-        left = _forward(lp, batch, z, target, target_batch, num_graphs, mirror=False)
-        right = _forward(lp, batch, z, target, target_batch, num_graphs, mirror=True)
-        # -inf (no segmentation) stays -inf in both terms: logaddexp of -infs is -inf
-        return torch.logaddexp(F.logsigmoid(-g) + left, F.logsigmoid(g) + right)
+        return _forward(log_probs.to(dtype), batch, merge_logit.to(dtype), target,
+                        target_batch, num_graphs, mirror=align == "right")
 
 
 def _forward(log_probs, batch, merge_logit, target, target_batch, num_graphs, mirror):
@@ -196,12 +184,11 @@ def segmentation_nll(
     num_graphs: int | None = None,
     reduction: str = "mean",
     align: str = "left",
-    align_logit: Tensor | None = None,
 ) -> Tensor:
     r"""Negative log-likelihood :math:`-\log P(y) / M` per target grapheme (as
     :func:`torch.nn.functional.ctc_loss` normalises by the target length), mean over
     pairs (``reduction="mean"``), summed (``"sum"``) or per pair (``"none"``);
-    ``align`` and ``align_logit`` as in :func:`segmentation_log_likelihood`.
+    ``align`` as in :func:`segmentation_log_likelihood`.
 
     Raises:
         ValueError: a pair has no segmentation: its target has more graphemes than its
@@ -210,8 +197,7 @@ def segmentation_nll(
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     ll = segmentation_log_likelihood(
-        log_probs, batch, merge_logit, target, target_batch, num_graphs, align=align,
-        align_logit=align_logit,
+        log_probs, batch, merge_logit, target, target_batch, num_graphs, align=align
     )
     bad = torch.isneginf(ll).nonzero().view(-1)
     if bad.numel():

@@ -128,9 +128,7 @@ class GraphTransformNet(nn.Module):
             last node and numbers line up by place value, units on the last slot, as in
             column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
             which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
-            attribute; docs/model.md); ``"auto"``: a learned gate on the question's mean
-            encoding (``pred.align_logit``, ``[B]``, the logit of right over left)
-            mixes the two likelihoods, and the likelier alignment speaks.
+            attribute; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -183,9 +181,8 @@ class GraphTransformNet(nn.Module):
         if canvas_scale <= 0:
             raise ValueError(f"canvas_scale must be > 0, got {canvas_scale}")
         self.canvas_scale = canvas_scale
-        if canvas_align not in ("left", "right", "auto"):
-            raise ValueError(
-                f"canvas_align must be 'left', 'right' or 'auto', got {canvas_align!r}")
+        if canvas_align not in ("left", "right"):
+            raise ValueError(f"canvas_align must be 'left' or 'right', got {canvas_align!r}")
         self.canvas_align = canvas_align
         if decoder_repeats < 1:
             raise ValueError(f"decoder_repeats must be >= 1, got {decoder_repeats}")
@@ -230,8 +227,6 @@ class GraphTransformNet(nn.Module):
             tau=pool_tau, proj_channels=pool_proj_channels,
         )
         self.head = ByteHead(hidden, factorized=head_factorized)
-        # canvas_align="auto": the logit of right- over left-alignment per question
-        self.align_gate = nn.Linear(hidden, 1) if canvas_align == "auto" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -246,10 +241,6 @@ class GraphTransformNet(nn.Module):
             self.enc_norm.reset_parameters()
         for layer in self.dec:
             reset_transformer_layer(layer)
-        if self.align_gate is not None:
-            # both alignments equally likely at first: the data, not the init, decides
-            nn.init.zeros_(self.align_gate.weight)
-            nn.init.zeros_(self.align_gate.bias)
 
     @property
     def theta(self) -> Tensor:
@@ -350,22 +341,14 @@ class GraphTransformNet(nn.Module):
         assert z is not None  # ThresholdMergePool.select always sets it
         out = self.pool.coarsen(c, sel, self.pool.connect(sel))
         # A cluster is a contiguous run: its first node has the smallest index, its last
-        # the largest; the aligned end speaks ("auto": the likelier alignment's end).
-        fields: dict[str, Tensor] = {}
-        if self.align_gate is not None:
-            pooled = h.new_zeros(num_graphs, h.size(1)).index_add_(0, vec, h)
-            pooled = pooled / sizes.clamp_min(1).unsqueeze(1).to(h.dtype)
-            fields["align_logit"] = self.align_gate(pooled).squeeze(1)
-            right = fields["align_logit"][out.batch] > 0
-        else:
-            right = torch.full_like(out.batch, self.canvas_align == "right", dtype=torch.bool)
-        n = c.size(0)
-        index = torch.arange(n, device=x.device)
-        first = torch.full((out.x.size(0),), n, dtype=torch.long, device=x.device)
-        last = torch.full((out.x.size(0),), -1, dtype=torch.long, device=x.device)
-        first = first.scatter_reduce(0, out.cluster, index, reduce="amin")
-        last = last.scatter_reduce(0, out.cluster, index, reduce="amax")
-        logits = log_probs[torch.where(right, last, first)]
+        # the largest; the aligned end speaks.
+        left = self.canvas_align == "left"
+        speaker = torch.full((out.x.size(0),), c.size(0) if left else -1, dtype=torch.long,
+                             device=x.device)
+        speaker = speaker.scatter_reduce(0, out.cluster,
+                                         torch.arange(c.size(0), device=x.device),
+                                         reduce="amin" if left else "amax")
+        logits = log_probs[speaker]
         counts = degree(out.batch, num_graphs, dtype=torch.long)
         return dict(
             x=logits.softmax(dim=-1),
@@ -382,7 +365,6 @@ class GraphTransformNet(nn.Module):
             merge_logit=z,
             canvas_log_probs=log_probs,
             canvas_batch=cvec,
-            **fields,
         )
 
     @torch.no_grad()

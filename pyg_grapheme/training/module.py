@@ -171,7 +171,6 @@ class GraphemeModule(InjectedModule):
             seg = segmentation_nll(
                 pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit, targets.x,
                 targets.batch, n, align=getattr(self.model, "canvas_align", "left"),
-                align_logit=pred.align_logit if "align_logit" in pred else None,
             )
             self.log(f"{stage}_segmentation_nll", seg, **log)
             total = total + hp.segmentation_weight * seg

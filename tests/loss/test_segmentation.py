@@ -183,27 +183,3 @@ def test_right_alignment_is_the_left_one_of_the_mirrored_chains():
     assert abs(right.item() - segmentation_nll(lp, batch, z, target, tbatch).item()) > 1e-3
     with pytest.raises(ValueError, match="align"):
         segmentation_nll(lp, batch, z, target, tbatch, align="centre")
-
-
-def test_auto_alignment_mixes_the_two_likelihoods():
-    """``align="auto"``: log(sigma(-g) P_left + sigma(g) P_right) per pair, exact in float64
-    (gradcheck through the gate logits too); a gate is required."""
-    sizes, targets = [5, 1, 4, 6, 0], [2, 1, 4, 3, 0]
-    lp, batch, z, target, tbatch = make(sizes, targets)
-    g = torch.tensor([-2.0, 0.0, 0.5, 3.0, 1.0], dtype=torch.float64, requires_grad=True)
-    ll = segmentation_log_likelihood(lp, batch, z, target, tbatch, 5, align="auto",
-                                     align_logit=g)
-    left = segmentation_log_likelihood(lp, batch, z, target, tbatch, 5, align="left")
-    right = segmentation_log_likelihood(lp, batch, z, target, tbatch, 5, align="right")
-    p = torch.sigmoid(g)
-    want = torch.log((1 - p) * left.exp() + p * right.exp())
-    torch.testing.assert_close(ll, want, rtol=1e-12, atol=1e-12)
-    assert ll[-1].item() == pytest.approx(0.0)  # empty canvas, empty answer
-    lp.requires_grad_(), z.requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda lp, z, g: segmentation_nll(lp, batch, z, target, tbatch, 5, align="auto",
-                                          align_logit=g), (lp, z, g))
-    with pytest.raises(ValueError, match="align_logit"):
-        segmentation_nll(lp, batch, z, target, tbatch, 5, align="auto")
-    with pytest.raises(ValueError, match="align_logit"):
-        segmentation_nll(lp, batch, z, target, tbatch, 5, align="left", align_logit=g)

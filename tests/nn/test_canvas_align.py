@@ -58,34 +58,6 @@ def test_the_module_trains_each_alignment_with_its_own_likelihood():
     assert abs(values["left"] - values["right"]) > 1e-3
 
 
-def test_auto_alignment_speaks_with_the_gate_s_end():
-    """``canvas_align="auto"``: the gate (zero at first: both alignments even) picks the
-    end that speaks per question; the module trains the gated mixture."""
-    batch, inputs, targets = _pair_batch()
-    net = _net("auto")
-    with torch.no_grad():
-        net.pool.theta.fill_(0.0)
-        pred = net(inputs)
-        assert torch.equal(pred.align_logit, torch.zeros(len(PAIRS)))
-        net.align_gate.bias.fill_(1.0)  # right for every question
-        right = net(inputs)
-        net.align_gate.bias.fill_(-1.0)
-        left = net(inputs)
-    torch.testing.assert_close(right.canvas_log_probs, left.canvas_log_probs)
-    for k in range(left.x.size(0)):
-        nodes = (left.cluster == k).nonzero().view(-1)
-        torch.testing.assert_close(left.logits[k], left.canvas_log_probs[nodes.min()])
-        torch.testing.assert_close(right.logits[k], right.canvas_log_probs[nodes.max()])
-    module = GraphemeModule(net.train())
-    loss, pred, _ = module._step(batch, "val")
-    want = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                            targets.x, targets.batch, len(PAIRS), align="auto",
-                            align_logit=pred.align_logit)
-    torch.testing.assert_close(loss, want)
-    loss.backward()
-    assert net.align_gate.bias.grad.abs() > 0
-
-
 def test_right_alignment_learns_to_answer():
     """A few hundred steps on four pairs: the right-aligned model's decoded answers are
     the targets (the speaker and the likelihood agree; with the left speaker under the
