@@ -18,7 +18,7 @@ ratio grows linearly in ``m``. Table 4: the training loss,
 :func:`~pyg_grapheme.loss.segmentation_nll`, forward+backward per canvas size, left and
 right aligned, against the one-hot form it replaced (emissions as a product of the
 ``[T, S * K]`` log-probs with the targets' one-hot, the log-probs mirrored for
-``align="right"``; the same forward algorithm), measured back to back in the same run.
+``align="right"``; the same forward algorithm), the two interleaved in the same run.
 The torch thread count is fixed and printed (oversubscription on a loaded machine makes
 small ops far slower). ``--out FILE.json`` writes the measured rows (the README's speed
 table is rendered from it by ``experiments/readme_tables.py``).
