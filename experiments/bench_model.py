@@ -186,9 +186,9 @@ def loss_table(args, graphs: int = 64) -> list[dict]:
                 loss.backward()
                 return loss.detach()
 
+            # (these two runs are also the warm-up)
             diff = float((run(segmentation_nll) - run(onehot_segmentation_nll)).abs())
             # Interleaved, so that a change in the machine's load hits both alike.
-            run(segmentation_nll), run(onehot_segmentation_nll)  # warm-up
             times: dict = {segmentation_nll: [], onehot_segmentation_nll: []}
             for _ in range(args.repeats):
                 for fn, ts in times.items():
