@@ -347,7 +347,8 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
 def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32, **kwargs):
     """The graph model as the comparison trains it: the package's defaults, except the
     arguments set here (keep this the one place to update). ``kwargs``: ``model.NAME``
-    go to ``GraphTransformNet``, ``loss.NAME`` to ``StructuralLoss`` (any of them turns
+    go to ``GraphTransformNet`` (``model.max_answer_length`` overrides the task's
+    canvas, ``max_answer_length``), ``loss.NAME`` to ``StructuralLoss`` (any of them turns
     the structural term on), the rest to ``GraphemeModule`` (the objective ablation
     uses them), e.g. ``{"model.block": "gps", "loss.alpha": 1.0, "ce_weight": 10.0}``."""
     import functools
@@ -368,8 +369,8 @@ def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32
         elif group not in ("model", "loss"):
             raise ValueError(f"{key!r}: use model.NAME, loss.NAME or a GraphemeModule argument")
         groups[group][name] = value
-    net = GraphTransformNet(hidden=hidden, max_answer_length=max_answer_length,
-                            **groups["model"])
+    groups["model"].setdefault("max_answer_length", max_answer_length)
+    net = GraphTransformNet(hidden=hidden, **groups["model"])
     loss = StructuralLoss(**groups["loss"]) if groups["loss"] else None
     return GraphemeModule(net, loss=loss, optimizer=functools.partial(torch.optim.Adam, lr=lr),
                           **groups["module"])

@@ -277,6 +277,10 @@ def test_build_graph_routes_keywords_to_network_loss_and_module(bl):
     assert module.loss.alpha == 2.0 and module.hparams.ce_weight == 1
     assert module.configure_optimizers().defaults["lr"] == 3e-3
     assert bl.build_graph(32).loss is None
+    # the task's canvas, unless the kwargs name one
+    assert bl.build_graph(32, max_answer_length=8).model.max_answer_length == 8
+    named = bl.build_graph(32, max_answer_length=8, **{"model.max_answer_length": 5})
+    assert named.model.max_answer_length == 5
     with pytest.raises(ValueError, match="'block' is a GraphTransformNet argument: model.block"):
         bl.build_graph(32, block="gps")
 
