@@ -54,7 +54,7 @@ class GraphTransformNet(nn.Module):
       gets a chain of :math:`T` = ``max_answer_length`` canvas nodes: a learned slot
       embedding plus a uniform copy of the question (slot :math:`k` copies question node
       :math:`\lfloor k n / T \rfloor`, the input of non-autoregressive decoders, Gu et
-      al. 2018; right-aligned, slot :math:`T - 1 - k` does). Decoder layers pass
+      al. 2018). Decoder layers pass
       messages along the canvas (:class:`DAGConv`), attend over the canvas and over the
       question (pre-LN :class:`torch.nn.TransformerDecoderLayer` without a causal mask).
       Its cost per question is fixed by :math:`T`, not by the question's length.
@@ -128,9 +128,7 @@ class GraphTransformNet(nn.Module):
             last node and numbers line up by place value, units on the last slot, as in
             column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
             which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
-            attribute; docs/model.md). The canvas's copy of the question is mirrored
-            with it, so the right-aligned model is the left-aligned one reading its
-            canvas backwards (its parameters relabelled), not a different model.
+            attribute; docs/model.md).
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -309,12 +307,6 @@ class GraphTransformNet(nn.Module):
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
         k = torch.arange(T, device=x.device).repeat(num_graphs)
-        if self.canvas_align == "right":
-            # Mirrored, so that the speaking end copies the question's start either way:
-            # right-aligned is then the left-aligned model read backwards (a relabelling
-            # of its parameters), not a second model whose speaker starts as a copy of
-            # the question's last graphemes (on the place-value task often a digit).
-            k = T - 1 - k
         src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
         empty = sizes[cvec] == 0
         c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(max=max(n - 1, 0))])
