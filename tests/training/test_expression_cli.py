@@ -118,3 +118,26 @@ def test_data_modules_read_sizes_with_string_keys_and_share_loaders():
     assert len(expr._dataset("train")) == 6 and len(expr._dataset("val")) == 3
     assert len(dag._dataset("train")) == 5
     assert [b.num_graphs for b in expr.train_dataloader()] == [4, 2]
+
+
+@pytest.mark.parametrize("kind", ["expression", "dag"])
+def test_data_modules_batch_the_same_through_worker_processes(kind):
+    """``num_workers=2``: the pairs are pickled to worker processes and collated there;
+    the validation batches are the in-process ones, field by field, in order."""
+    from pyg_grapheme.training.dag_module import DagDataModule
+    from pyg_grapheme.training.expression_module import ExpressionDataModule
+
+    cls = ExpressionDataModule if kind == "expression" else DagDataModule
+    batches = {}
+    for workers in (0, 2):
+        dm = cls(levels=[1], sizes={"1": [4, 7, 3]}, batch_size=3, num_workers=workers)
+        batches[workers] = list(dm.val_dataloader())
+    assert [b.num_graphs for b in batches[2]] == [3, 3, 1]
+    for ours, theirs in zip(batches[0], batches[2], strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours.keys():
+            a, b = ours[key], theirs[key]
+            if isinstance(a, torch.Tensor):
+                assert torch.equal(a, b), key
+            else:
+                assert a == b, key
