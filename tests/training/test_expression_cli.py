@@ -120,19 +120,28 @@ def test_data_modules_read_sizes_with_string_keys_and_share_loaders():
     assert [b.num_graphs for b in expr.train_dataloader()] == [4, 2]
 
 
-@pytest.mark.parametrize("kind", ["expression", "dag"])
-def test_data_modules_batch_the_same_through_worker_processes(kind):
+@pytest.mark.parametrize("kind", ["text", "expression", "dag"])
+def test_data_modules_batch_the_same_through_worker_processes(kind, tmp_path):
     """``num_workers=2``: the pairs are pickled to worker processes and collated there;
-    the validation batches are the in-process ones, field by field, in order."""
+    the batches are the in-process ones, field by field, in order (the QA data module's
+    training batches, unshuffled; the graph-target modules' validation batches)."""
+    from pyg_grapheme.training import GraphemeDataModule
     from pyg_grapheme.training.dag_module import DagDataModule
     from pyg_grapheme.training.expression_module import ExpressionDataModule
 
-    cls = ExpressionDataModule if kind == "expression" else DagDataModule
     batches = {}
     for workers in (0, 2):
-        dm = cls(levels=[1], sizes={"1": [4, 7, 3]}, batch_size=3, num_workers=workers)
-        batches[workers] = list(dm.val_dataloader())
-    assert [b.num_graphs for b in batches[2]] == [3, 3, 1]
+        if kind == "text":
+            dm = GraphemeDataModule(train_file="kindergarten", batch_size=30, shuffle=False,
+                                    root=str(tmp_path / "cache"), num_workers=workers)
+            dm.prepare_data()
+            batches[workers] = list(dm.train_dataloader())
+        else:
+            cls = ExpressionDataModule if kind == "expression" else DagDataModule
+            dm = cls(levels=[1], sizes={"1": [4, 7, 3]}, batch_size=3, num_workers=workers)
+            batches[workers] = list(dm.val_dataloader())
+    sizes = [30, 30, 5] if kind == "text" else [3, 3, 1]  # kindergarten: 65 pairs
+    assert [b.num_graphs for b in batches[2]] == sizes
     for ours, theirs in zip(batches[0], batches[2], strict=True):
         assert ours.keys() == theirs.keys()
         for key in ours.keys():
