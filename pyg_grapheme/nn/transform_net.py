@@ -306,10 +306,10 @@ class GraphTransformNet(nn.Module):
         # Slot k starts as a copy of question node floor(k n / T) (the uniform copy of
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
-        # Right-aligned, anchored at the question's end (copy_sources).
-        src = copy_sources(ptr, sizes, num_graphs, T, self.canvas_align)
+        k = torch.arange(T, device=x.device).repeat(num_graphs)
+        src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
         empty = sizes[cvec] == 0
-        c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(min=0, max=max(n - 1, 0))])
+        c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(max=max(n - 1, 0))])
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
         if self.canvas_scale != 1.0:
             c = c * self.canvas_scale
@@ -391,22 +391,6 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
-
-
-def copy_sources(ptr: Tensor, sizes: Tensor, num_graphs: int, T: int, align: str) -> Tensor:
-    r"""The question node each canvas slot starts as a copy of (``[num_graphs * T]``,
-    global indices; ``ptr`` ``[B + 1]``, ``sizes`` ``[B]``): slot :math:`k` of a question
-    of :math:`n` graphemes copies node :math:`\lfloor k n / T \rfloor` (``"left"``), or
-    node :math:`n - 1 - \lfloor (T - 1 - k) n / T \rfloor` (``"right"``: anchored at the
-    question's end, so the speaking end, the last slot, copies the question's last
-    grapheme as the left-aligned speaker copies its first). Both in reading order. An
-    empty question's slots point at ``ptr[g] - 1`` or ``ptr[g]``: the caller masks them."""
-    cvec = torch.arange(num_graphs, device=ptr.device).repeat_interleave(T)
-    k = torch.arange(T, device=ptr.device).repeat(num_graphs)
-    n = sizes[cvec]
-    if align == "right":
-        return ptr[cvec] + n - 1 - torch.div((T - 1 - k) * n, T, rounding_mode="floor")
-    return ptr[cvec] + torch.div(k * n, T, rounding_mode="floor")
 
 
 @torch.compiler.disable
