@@ -273,36 +273,37 @@ class ExpressionModule(InjectedModule):
                 reg=hp.reg, node_cost=hp.node_cost, indel_cost=hp.indel_cost,
                 integral_mass=self._integral(), return_components=True,
             )
-        log = dict(batch_size=n, on_step=False, on_epoch=True)
         # the solver's own warning threshold (10x its float32 tolerances, 1e-4)
         off = (parts["residual"] > 1e-3) | (parts["marginal_err"] > 1e-3)
-        self.log(f"{stage}_fgw_unconverged", off.float().mean(), **log)
+        stats = {f"{stage}_fgw_unconverged": off.float().mean(),
+                 f"{stage}_structural_loss": loss}
         total = loss
-        self.log(f"{stage}_structural_loss", loss, **log)
         for name in ("node", "edge"):
-            self.log(f"{stage}_{name}", parts[name].mean(), **log)
+            stats[f"{stage}_{name}"] = parts[name].mean()
         if hp.ce_weight > 0:
             target_x = one_hot_bytes(targets).x
             ce = parts["plan_cross_entropy"](pred.logits, target_x)
-            self.log(f"{stage}_cross_entropy", ce, **log)
+            stats[f"{stage}_cross_entropy"] = ce
             total = total + hp.ce_weight * ce
         if hp.get("edge_ce_weight", 0.0) > 0 and not warm:
             edge_ce = plan_edge_cross_entropy(parts["plan"], pred, targets)
-            self.log(f"{stage}_edge_cross_entropy", edge_ce, **log)
+            stats[f"{stage}_edge_cross_entropy"] = edge_ce
             total = total + hp.edge_ce_weight * edge_ce
         late = stage == "train" and self.global_step < hp.get("binarize_after", 0)
         if hp.get("binarize_weight", 0.0) > 0 and not late:
             split = binarize_penalty(pred.keep, pred.batch, n)
-            self.log(f"{stage}_binarize", split, **log)
+            stats[f"{stage}_binarize"] = split
             total = total + hp.binarize_weight * split
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
-        self.log(f"{stage}_loss", total, prog_bar=True, **log)
+        self.log(f"{stage}_loss", total, prog_bar=True, batch_size=n, on_step=False,
+                 on_epoch=True)
         kept = torch.zeros(n, device=pred.keep.device).index_add_(
             0, pred.batch, (pred.keep > 0.5).float())
         tgt = torch.bincount(targets.batch, minlength=n).float()
-        self.log(f"{stage}_node_count_error", (kept - tgt).abs().mean(), **log)
-        self.log(f"{stage}_merge_fraction", pred.merged.float().mean(), **log)
+        stats[f"{stage}_node_count_error"] = (kept - tgt).abs().mean()
+        stats[f"{stage}_merge_fraction"] = pred.merged.float().mean()
+        self.log_step_stats(stage, stats, n)
         return total, pred, inputs, targets
 
     def _integral(self) -> bool:

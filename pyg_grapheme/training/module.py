@@ -9,7 +9,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
@@ -165,14 +164,14 @@ class GraphemeModule(InjectedModule):
         tgt_nodes = torch.bincount(targets.batch, minlength=n)
         forced = hp.segment_forcing and stage == "train"
         pred = self.model(inputs, num_out=tgt_nodes if forced else None)
-        log = dict(batch_size=n, on_step=False, on_epoch=True, sync_dist=True)
+        stats: dict[str, Tensor] = {}
         total = pred.logits.new_zeros(())
         if hp.segmentation_weight > 0:
             seg = segmentation_nll(
                 pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit, targets.x,
                 targets.batch, n, align=getattr(self.model, "canvas_align", "left"),
             )
-            self.log(f"{stage}_segmentation_nll", seg, **log)
+            stats[f"{stage}_segmentation_nll"] = seg
             total = total + hp.segmentation_weight * seg
         parts: dict[str, Tensor] = {}
         if self.loss is not None or hp.ce_weight > 0:
@@ -181,29 +180,33 @@ class GraphemeModule(InjectedModule):
             loss, parts = loss_fn(pred, one_hot_bytes(targets), return_components=True)
             if self.loss is not None:
                 total = total + loss
-                self.log(f"{stage}_structural_loss", loss, **log)
+                stats[f"{stage}_structural_loss"] = loss
                 for name in ("node", "edge", "clique"):
                     if name in parts:
-                        self.log(f"{stage}_{name}", parts[name].mean(), **log)
+                        stats[f"{stage}_{name}"] = parts[name].mean()
         if hp.ce_weight > 0:
             ce = aligned_cross_entropy(pred, targets, parts["plan_cross_entropy"])
-            self.log(f"{stage}_cross_entropy", ce, **log)
+            stats[f"{stage}_cross_entropy"] = ce
             total = total + hp.ce_weight * ce
         if forced and hp.boundary_weight > 0 and pred.log_prob.numel():
             nll = -pred.log_prob.mean()
-            self.log(f"{stage}_boundary_nll", nll, **log)
+            stats[f"{stage}_boundary_nll"] = nll
             total = total + hp.boundary_weight * nll
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
-        self.log(f"{stage}_loss", total, prog_bar=True, **log)
+        self.log(f"{stage}_loss", total, prog_bar=True, batch_size=n, on_step=False,
+                 on_epoch=True, sync_dist=True)
         out_nodes = torch.bincount(pred.batch, minlength=n).float()
         tgt_nodes = tgt_nodes.float()
-        self.log(f"{stage}_out_nodes", out_nodes.mean(), **log)
-        self.log(f"{stage}_target_nodes", tgt_nodes.mean(), **log)
-        self.log(f"{stage}_node_count_error", (out_nodes - tgt_nodes).abs().mean(), **log)
+        stats[f"{stage}_out_nodes"] = out_nodes.mean()
+        stats[f"{stage}_target_nodes"] = tgt_nodes.mean()
+        stats[f"{stage}_node_count_error"] = (out_nodes - tgt_nodes).abs().mean()
         if pred.merge_prob.numel():
-            self.log(f"{stage}_merge_fraction", pred.merged.float().mean(), **log)
-            self.log(f"{stage}_merge_prob", pred.merge_prob.mean(), **log)
+            stats[f"{stage}_merge_fraction"] = pred.merged.float().mean()
+            stats[f"{stage}_merge_prob"] = pred.merge_prob.mean()
+        if stage == "train":
+            stats["theta"] = self.model.theta
+        self.log_step_stats(stage, stats, n)
         return total, pred, targets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -235,10 +238,7 @@ class GraphemeModule(InjectedModule):
             self.init_head_prior()
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, _, _ = self._step(batch, "train")
-        self.log("theta", self.model.theta.detach(), on_step=False, on_epoch=True,
-                 batch_size=batch.num_graphs)
-        return loss
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -275,10 +275,9 @@ class GraphemeModule(InjectedModule):
         return decode_graphs(self.model(inputs))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.model, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("grad_norm", norms["grad_2.0_norm_total"], on_step=False, on_epoch=True,
-                     batch_size=1)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:  # one foreach norm (Lightning's grad_norm: a Python float per tensor)
+            self.log_step_stats("train", {"grad_norm": torch.nn.utils.get_total_norm(grads)}, 1)
 
 
 def check_answer_lengths(dataset, cap: int, split: str = "train") -> None:

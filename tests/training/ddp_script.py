@@ -1,5 +1,6 @@
-"""Train 2 epochs with DDP on 2 processes; each rank writes its parameters' checksum and
-the examples it saw (run by tests/training/test_reproducibility.py)."""
+"""Train 2 epochs with DDP on 2 processes; each rank writes its parameters' checksum, the
+examples it saw, its last epoch's training statistics per step and the epoch means it
+logged (run by tests/training/test_reproducibility.py)."""
 
 import hashlib
 import json
@@ -24,6 +25,17 @@ class Record(Callback):
             self.seen += graphs_to_texts(split_pair_batch(batch)[0])
 
 
+class Recorded(GraphemeModule):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps: list[tuple[dict[str, float], int]] = []
+
+    def log_step_stats(self, stage, stats, batch_size):
+        if stage == "train" and self.current_epoch == 1:
+            self.steps.append(({k: float(v.detach()) for k, v in stats.items()}, batch_size))
+        super().log_step_stats(stage, stats, batch_size)
+
+
 def main(out: Path, accelerator: str) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0, workers=True)
@@ -33,13 +45,15 @@ def main(out: Path, accelerator: str) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[record], limit_val_batches=0, default_root_dir=out, gradient_clip_val=0.25,
     )
-    module = GraphemeModule(GraphTransformNet(hidden=32, heads=2))
+    module = Recorded(GraphTransformNet(hidden=32, heads=2))
     data = GraphemeDataModule("kindergarten", batch_size=8, root=str(out / "cache"))
     trainer.fit(module, datamodule=data)
     params = torch.cat([p.detach().flatten().cpu() for p in module.parameters()])
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({
         "params": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
         "seen": record.seen,
+        "steps": module.steps,
+        "logged": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }))
 
 

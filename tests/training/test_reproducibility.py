@@ -53,6 +53,14 @@ def _check_ddp(ranks: list[dict]) -> None:
     assert len(seen0) == len(seen1) == 33
     assert len(set(seen0) & set(seen1)) <= 1
     assert len(set(seen0) | set(seen1)) == 65
+    # training statistics: each rank logs the mean over both ranks' batches, weighted
+    # by batch size (log_step_stats sums them across processes once per epoch)
+    steps = ranks[0]["steps"] + ranks[1]["steps"]
+    for name in ("train_segmentation_nll", "train_node_count_error", "theta", "grad_norm"):
+        rows = [(s[name], n) for s, n in steps if name in s]
+        want = sum(v * n for v, n in rows) / sum(n for _, n in rows)
+        for rank in ranks:
+            assert rank["logged"][name] == pytest.approx(want, rel=1e-5), name
 
 
 def test_ddp_two_cpu_processes(tmp_path):
