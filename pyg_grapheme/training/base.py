@@ -1,7 +1,8 @@
 """What GraphemeModule and ExpressionModule share: an injected network, optimizer and
 learning-rate scheduler (LightningCLI ``class_path`` / callables), hyperparameters that
 rebuild them in :meth:`~lightning.pytorch.LightningModule.load_from_checkpoint`, the
-translation of checkpoints with the old flat hyperparameters, and the head's prior."""
+translation of checkpoints with the old flat hyperparameters, the head's prior, and the
+training statistics logged as epoch means without a ``self.log`` call per step."""
 
 from __future__ import annotations
 
@@ -159,27 +160,31 @@ class InjectedModule(L.LightningModule):
 
     # ------------------------------------------------------------------ step statistics
 
-    def log_step_stats(self, stage: str, stats: dict[str, Tensor], batch_size: int) -> None:
+    def log_step_stats(self, stage: str, stats: dict[str, Tensor], batch_size: int,
+                       prog_bar: tuple[str, ...] = ()) -> None:
         """Log a step's diagnostics (``{name: scalar}``) as epoch means weighted by
         ``batch_size``, synced across processes: what ``self.log(name, value,
-        on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)`` gives.
+        on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True,
+        prog_bar=name in prog_bar)`` gives.
 
         Validation and test steps call ``self.log`` at once. Training steps add to
         running sums here, handed to ``self.log`` once, after the epoch's last batch
         (:meth:`flush_step_stats`): each ``self.log`` call costs ~0.5 ms of Lightning's
-        bookkeeping, and ten a step were 8% of a math2 training step (docs/training.md).
+        bookkeeping, and eleven a step were ~6 ms of a ~75 ms math2 training step
+        (docs/training.md). An epoch-level value reaches the progress bar, callbacks and
+        ``ReduceLROnPlateau`` at the same point either way.
         """
         if stage != "train":
             for name, value in stats.items():
                 self.log(name, value, on_step=False, on_epoch=True, batch_size=batch_size,
-                         sync_dist=True)
+                         sync_dist=True, prog_bar=name in prog_bar)
             return
         sums: dict[str, list] = self.__dict__.setdefault("_train_stats", {})
         for name, value in stats.items():
             value = value.detach().float() * batch_size
             entry = sums.get(name)
             if entry is None:
-                sums[name] = [value, batch_size]
+                sums[name] = [value, batch_size, name in prog_bar]
             else:
                 entry[0] = entry[0] + value
                 entry[1] += batch_size
@@ -191,12 +196,14 @@ class InjectedModule(L.LightningModule):
         if not sums:
             return
         names = list(sums)
+        bar = {k for k in names if sums[k][2]}
         packed = torch.stack([torch.stack((sums[k][0], sums[k][0].new_tensor(sums[k][1])))
                               for k in names])
         packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         sums.clear()
         for name, (total, weight) in zip(names, packed, strict=True):
-            self.log(name, total / weight, on_step=False, on_epoch=True, batch_size=1)
+            self.log(name, total / weight, on_step=False, on_epoch=True, batch_size=1,
+                     prog_bar=name in bar)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.is_last_batch:

@@ -296,14 +296,13 @@ class ExpressionModule(InjectedModule):
             total = total + hp.binarize_weight * split
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
-        self.log(f"{stage}_loss", total, prog_bar=True, batch_size=n, on_step=False,
-                 on_epoch=True)
+        stats[f"{stage}_loss"] = total
         kept = torch.zeros(n, device=pred.keep.device).index_add_(
             0, pred.batch, (pred.keep > 0.5).float())
         tgt = torch.bincount(targets.batch, minlength=n).float()
         stats[f"{stage}_node_count_error"] = (kept - tgt).abs().mean()
         stats[f"{stage}_merge_fraction"] = pred.merged.float().mean()
-        self.log_step_stats(stage, stats, n)
+        self.log_step_stats(stage, stats, n, prog_bar=(f"{stage}_loss",))
         return total, pred, inputs, targets
 
     def _integral(self) -> bool:

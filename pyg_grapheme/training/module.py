@@ -194,8 +194,7 @@ class GraphemeModule(InjectedModule):
             total = total + hp.boundary_weight * nll
         if not torch.isfinite(total):
             raise FloatingPointError(f"{stage} loss is not finite ({total.item()})")
-        self.log(f"{stage}_loss", total, prog_bar=True, batch_size=n, on_step=False,
-                 on_epoch=True, sync_dist=True)
+        stats[f"{stage}_loss"] = total
         out_nodes = torch.bincount(pred.batch, minlength=n).float()
         tgt_nodes = tgt_nodes.float()
         stats[f"{stage}_out_nodes"] = out_nodes.mean()
@@ -206,7 +205,7 @@ class GraphemeModule(InjectedModule):
             stats[f"{stage}_merge_prob"] = pred.merge_prob.mean()
         if stage == "train":
             stats["theta"] = self.model.theta
-        self.log_step_stats(stage, stats, n)
+        self.log_step_stats(stage, stats, n, prog_bar=(f"{stage}_loss",))
         return total, pred, targets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -30,10 +30,10 @@ class Recorded(GraphemeModule):
         super().__init__(*args, **kwargs)
         self.steps: list[tuple[dict[str, float], int]] = []
 
-    def log_step_stats(self, stage, stats, batch_size):
+    def log_step_stats(self, stage, stats, batch_size, **kwargs):
         if stage == "train" and self.current_epoch == 1:
             self.steps.append(({k: float(v.detach()) for k, v in stats.items()}, batch_size))
-        super().log_step_stats(stage, stats, batch_size)
+        super().log_step_stats(stage, stats, batch_size, **kwargs)
 
 
 def main(out: Path, accelerator: str) -> None:

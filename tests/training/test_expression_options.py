@@ -115,7 +115,8 @@ def test_training_step_with_the_options_is_finite(integral, monkeypatch):
     logged = {}
     monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, v))
     # training statistics go through log_step_stats (self.log once an epoch)
-    monkeypatch.setattr(module, "log_step_stats", lambda stage, stats, n: logged.update(stats))
+    monkeypatch.setattr(module, "log_step_stats",
+                        lambda stage, stats, n, **_: logged.update(stats))
     batch = _batch(expression_pairs(1, "train", sizes=(8, 0, 0)))
     for step in (0, 5):
         monkeypatch.setattr(type(module), "global_step", property(lambda self, s=step: s))
@@ -164,7 +165,8 @@ def test_unconverged_solves_are_logged_and_warn_only_when_asked(warn, monkeypatc
     logged = {}
     monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, v))
     # training statistics go through log_step_stats (self.log once an epoch)
-    monkeypatch.setattr(module, "log_step_stats", lambda stage, stats, n: logged.update(stats))
+    monkeypatch.setattr(module, "log_step_stats",
+                        lambda stage, stats, n, **_: logged.update(stats))
     batch = _batch(expression_pairs(2, "train", sizes=(16, 0, 0)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
