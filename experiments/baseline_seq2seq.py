@@ -288,13 +288,14 @@ def train_seq2seq(
     max_epochs: int = 100_000,
     batch_size: int = 32,
     lr: float = 1e-3,
+    fused_adam: bool = False,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> tuple[Result, Seq2SeqModule]:
     """Train a byte model (built by the caller after seeding) under the shared harness;
     returns the result scored with the best checkpoint, and the module holding it."""
     max_len = max_answer_len(data.pairs["train"])
-    module = Seq2SeqModule(model, lr=lr, max_len=max_len)
+    module = Seq2SeqModule(model, lr=lr, max_len=max_len, fused_adam=fused_adam)
     dm = ByteDataModule(data.pairs["train"], data.pairs["val"], batch_size)
     stats = fit(module, dm, budget_s=budget_s, max_epochs=max_epochs, memorise=data.memorise,
                 log=log, label=f"{name} {data.name}")
@@ -310,21 +311,22 @@ def _seed(seed: int) -> None:
 
 def train_gru(data: TaskData, *, budget_s: float, max_epochs: int = 100_000,
               hidden: int = 128, embed: int = 64, dropout: float = 0.2, batch_size: int = 32,
-              lr: float = 1e-3, seed: int = 0, log: Callable[[str], None] | None = print
-              ) -> tuple[Result, Seq2Seq]:
+              lr: float = 1e-3, fused_adam: bool = False, seed: int = 0,
+              log: Callable[[str], None] | None = print) -> tuple[Result, Seq2Seq]:
     """The GRU baseline under the shared harness (see :func:`train_seq2seq`)."""
     _seed(seed)
     result, module = train_seq2seq(
         data, build_gru(hidden, embed, dropout), "gru", budget_s=budget_s,
-        max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed, log=log)
+        max_epochs=max_epochs, batch_size=batch_size, lr=lr, fused_adam=fused_adam, seed=seed,
+        log=log)
     return result, module.model
 
 
 def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_000,
                       dim: int = 0, graph_params: int | None = None, heads: int = 4,
                       layers: int = 2, dropout: float = 0.1, max_pos: int = 0,
-                      batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                      log: Callable[[str], None] | None = print
+                      batch_size: int = 32, lr: float = 1e-3, fused_adam: bool = False,
+                      seed: int = 0, log: Callable[[str], None] | None = print
                       ) -> tuple[Result, TransformerSeq2Seq]:
     """The Transformer baseline under the shared harness. ``max_pos=0`` sizes the
     position table from the data; ``dim=0`` matches ``graph_params`` parameters."""
@@ -337,14 +339,15 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
     model = build_transformer(dim, max_pos, heads, layers, dropout=dropout)
     result, module = train_seq2seq(
         data, model, "transformer", budget_s=budget_s, max_epochs=max_epochs,
-        batch_size=batch_size, lr=lr, seed=seed, log=log)
+        batch_size=batch_size, lr=lr, fused_adam=fused_adam, seed=seed, log=log)
     return result, module.model
 
 
 # --------------------------------------------------------------------------- graph model
 
 
-def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32, **kwargs):
+def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32, *,
+                fused_adam: bool = False, **kwargs):
     """The graph model as the comparison trains it: the package's defaults, except the
     arguments set here (keep this the one place to update). ``kwargs``: ``model.NAME``
     go to ``GraphTransformNet`` (``model.max_answer_length`` overrides the task's
@@ -372,7 +375,8 @@ def build_graph(hidden: int = 128, lr: float = 1e-3, max_answer_length: int = 32
     groups["model"].setdefault("max_answer_length", max_answer_length)
     net = GraphTransformNet(hidden=hidden, **groups["model"])
     loss = StructuralLoss(**groups["loss"]) if groups["loss"] else None
-    return GraphemeModule(net, loss=loss, optimizer=functools.partial(torch.optim.Adam, lr=lr),
+    adam = functools.partial(torch.optim.Adam, lr=lr, fused=True if fused_adam else None)
+    return GraphemeModule(net, loss=loss, optimizer=adam,
                           **groups["module"])
 
 
@@ -400,6 +404,7 @@ def train_graph(
     hidden: int = 128,
     batch_size: int = 32,
     lr: float = 1e-3,
+    fused_adam: bool = False,
     seed: int = 0,
     cache_dir: Path = Path("data_cache"),
     log: Callable[[str], None] | None = print,
@@ -411,7 +416,8 @@ def train_graph(
     from pyg_grapheme.training import GraphemeDataModule
 
     _seed(seed)
-    module = build_graph(hidden, lr, answer_slots(data), **(module_kwargs or {}))
+    module = build_graph(hidden, lr, answer_slots(data), fused_adam=fused_adam,
+                         **(module_kwargs or {}))
     module.hparams.num_examples = 0  # the harness prints its own examples
     dm = GraphemeDataModule(
         train_file=str(data.files["train"]),
@@ -528,6 +534,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="one seed (if --seeds is not given)")
     p.add_argument("--batch-size", type=int, default=32, help="all models")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, all models")
+    p.add_argument("--fused-adam", action="store_true",
+                   help="torch's fused Adam (one kernel for all parameters), all models; the "
+                        "results are labelled [fused Adam]")
     p.add_argument("--gru-hidden", type=int, default=128,
                    help="GRU size (128: ~372k params); 0 matches the graph model's count")
     p.add_argument("--gru-embed", type=int, default=64)
@@ -564,8 +573,16 @@ def _tasks(args: argparse.Namespace) -> list[str]:
 
 def run_model(name: str, data: TaskData, args: argparse.Namespace, seed: int,
               graph_params: Callable[[], int]) -> Result:
+    result = _run_model(name, data, args, seed, graph_params)
+    if args.fused_adam:
+        result.model += "[fused Adam]"
+    return result
+
+
+def _run_model(name: str, data: TaskData, args: argparse.Namespace, seed: int,
+               graph_params: Callable[[], int]) -> Result:
     common = dict(budget_s=args.budget_s, max_epochs=args.max_epochs,
-                  batch_size=args.batch_size, lr=args.lr, seed=seed)
+                  batch_size=args.batch_size, lr=args.lr, fused_adam=args.fused_adam, seed=seed)
     if name == "gru":
         hidden = args.gru_hidden or gru_hidden_for(graph_params(), args.gru_embed)
         return train_gru(data, hidden=hidden, embed=args.gru_embed,

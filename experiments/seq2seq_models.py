@@ -336,11 +336,14 @@ class Seq2SeqModule(L.LightningModule):
 
     Args:
         model: the network. lr: Adam learning rate. max_len: greedy decoding limit.
+        fused_adam: torch's fused Adam (``fused=True``) instead of its default.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, max_len: int = 64) -> None:
+    def __init__(self, model: nn.Module, lr: float = 1e-3, max_len: int = 64,
+                 fused_adam: bool = False) -> None:
         super().__init__()
         self.model, self.lr, self.max_len = model, lr, max_len
+        self.fused_adam = fused_adam
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         src, src_len, tgt_in, tgt_out = batch
@@ -357,7 +360,8 @@ class Seq2SeqModule(L.LightningModule):
         self.log("val_exact_match", exact, batch_size=len(truth), prog_bar=True)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.lr,
+                                fused=True if self.fused_adam else None)
 
     def answer(self, questions: Sequence[str], chunk: int = 256) -> list[str]:
         """Greedy answers (eval mode), ``chunk`` questions at a time."""

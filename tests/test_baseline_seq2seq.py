@@ -292,3 +292,22 @@ def test_baselines_are_sized_to_the_graph_model_the_flags_build(bl):
     grown = bl.graph_parameters(32, bl.parse_kwargs("model.encoder_gru=True"))
     assert grown - plain == 2 * 3 * (32 * 16 + 16 * 16 + 2 * 16) + 32  # two GRUs, a gate
     assert bl.count_parameters(bl.build_graph(32, **{"model.encoder_gru": True}).model) == grown
+
+
+def test_fused_adam_for_every_model_and_labelled(bl, tmp_path):
+    """``--fused-adam`` gives all three models torch's fused Adam (the same optimizer for
+    everyone, as the harness requires) and labels their rows; without it, torch's default."""
+    import seq2seq_models
+
+    assert bl.build_graph(32, fused_adam=True).configure_optimizers().defaults["fused"]
+    assert not bl.build_graph(32).configure_optimizers().defaults["fused"]
+    module = seq2seq_models.Seq2SeqModule(bl.build_gru(16, 8, 0.0), fused_adam=True)
+    assert module.configure_optimizers().defaults["fused"]
+    assert not seq2seq_models.Seq2SeqModule(bl.build_gru(16, 8, 0.0)).configure_optimizers(
+    ).defaults["fused"]
+    results = bl.main(["--task", "kindergarten", "--models", "gru,transformer,graph",
+                       "--budget-s", "0.5", "--gru-hidden", "16", "--tf-dim", "16",
+                       "--graph-hidden", "16", "--graph-kwargs", "model.heads=2",
+                       "--sizes", "6", "6", "6", "--data-dir", str(tmp_path), "--fused-adam"])
+    assert [r.model for r in results] == ["gru[fused Adam]", "transformer[fused Adam]",
+                                          "graph[model.heads=2][fused Adam]"]
