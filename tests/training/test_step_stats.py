@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
+import torch
 
 from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
@@ -31,9 +32,11 @@ class Recorded(GraphemeModule):
         super().log(name, *args, **kwargs)
 
 
-def _fit(tmp_path, **trainer_kwargs):
+def _fit(tmp_path, before=None, **trainer_kwargs):
     L.seed_everything(0)
     module = Recorded(GraphTransformNet(hidden=32, heads=2, max_answer_length=24))
+    if before is not None:
+        before(module)
     # 65 pairs in batches of 16: four of 16 and one of 1
     data = GraphemeDataModule("kindergarten", batch_size=16, root=str(tmp_path / "cache"),
                               shuffle=False)
@@ -55,7 +58,10 @@ def _means(steps, epoch):
 
 
 def test_epoch_means_weighted_by_batch_size_and_logged_once(tmp_path):
-    trainer, module, logged = _fit(tmp_path, max_epochs=2)
+    def stale(module):  # a step run outside the fit must not count in its first epoch
+        GraphemeModule.log_step_stats(module, "train", {"theta": torch.tensor(1e3)}, 5)
+
+    trainer, module, logged = _fit(tmp_path, before=stale, max_epochs=2)
     sizes = [n for e, s, n in module.steps if e == 0 and "grad_norm" not in s]
     assert sizes == [16, 16, 16, 16, 1]
     for epoch in (0, 1):
