@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 
 from pyg_grapheme.data import graphs_to_texts, split_pair_batch
 from pyg_grapheme.nn import GraphTransformNet
-from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
+from pyg_grapheme.training import GraphemeDataModule
+from tests.training.helpers import RecordedModule
 
 
 class Record(Callback):
@@ -25,17 +26,6 @@ class Record(Callback):
             self.seen += graphs_to_texts(split_pair_batch(batch)[0])
 
 
-class Recorded(GraphemeModule):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.steps: list[tuple[dict[str, float], int]] = []
-
-    def log_step_stats(self, stage, stats, batch_size, **kwargs):
-        if stage == "train" and self.current_epoch == 1:
-            self.steps.append(({k: float(v.detach()) for k, v in stats.items()}, batch_size))
-        super().log_step_stats(stage, stats, batch_size, **kwargs)
-
-
 def main(out: Path, accelerator: str) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0, workers=True)
@@ -45,14 +35,14 @@ def main(out: Path, accelerator: str) -> None:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[record], limit_val_batches=0, default_root_dir=out, gradient_clip_val=0.25,
     )
-    module = Recorded(GraphTransformNet(hidden=32, heads=2))
+    module = RecordedModule(GraphTransformNet(hidden=32, heads=2))
     data = GraphemeDataModule("kindergarten", batch_size=8, root=str(out / "cache"))
     trainer.fit(module, datamodule=data)
     params = torch.cat([p.detach().flatten().cpu() for p in module.parameters()])
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({
         "params": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
         "seen": record.seen,
-        "steps": module.steps,
+        "steps": [(stats, n) for epoch, stats, n in module.steps if epoch == 1],
         "logged": {k: float(v) for k, v in trainer.callback_metrics.items()},
     }))
 

@@ -13,6 +13,26 @@ from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
 
 
+class RecordedModule(GraphemeModule):
+    """GraphemeModule that records every training step's statistics as ``(epoch, {name:
+    value}, batch_size)`` in ``steps`` and counts its ``self.log`` calls by name."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps: list[tuple[int, dict[str, float], int]] = []
+        self.log_calls: dict[str, int] = {}
+
+    def log_step_stats(self, stage, stats, batch_size, **kwargs):
+        if stage == "train":
+            self.steps.append((self.current_epoch,
+                               {k: float(v.detach()) for k, v in stats.items()}, batch_size))
+        super().log_step_stats(stage, stats, batch_size, **kwargs)
+
+    def log(self, name, *args, **kwargs):
+        self.log_calls[name] = self.log_calls.get(name, 0) + 1
+        super().log(name, *args, **kwargs)
+
+
 def train(tmp: Path, epochs: int, *, seed: int = 0, ckpt_path=None, val_every: int = 1,
           version: int = 0, net_kwargs=None,
           module_kwargs=None, data_kwargs=None, callbacks=(), **trainer_kwargs):

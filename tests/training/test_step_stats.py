@@ -10,31 +10,12 @@ import torch
 
 from pyg_grapheme.nn import GraphTransformNet
 from pyg_grapheme.training import GraphemeDataModule, GraphemeModule
-from tests.training.helpers import epoch_metrics
-
-
-class Recorded(GraphemeModule):
-    """Records every training step's statistics and counts the ``self.log`` calls."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.steps: list[tuple[int, dict[str, float], int]] = []
-        self.log_calls: dict[str, int] = {}
-
-    def log_step_stats(self, stage, stats, batch_size, **kwargs):
-        if stage == "train":
-            self.steps.append((self.current_epoch, {k: float(v.detach()) for k, v in stats.items()},
-                               batch_size))
-        super().log_step_stats(stage, stats, batch_size, **kwargs)
-
-    def log(self, name, *args, **kwargs):
-        self.log_calls[name] = self.log_calls.get(name, 0) + 1
-        super().log(name, *args, **kwargs)
+from tests.training.helpers import RecordedModule, epoch_metrics
 
 
 def _fit(tmp_path, before=None, **trainer_kwargs):
     L.seed_everything(0)
-    module = Recorded(GraphTransformNet(hidden=32, heads=2, max_answer_length=24))
+    module = RecordedModule(GraphTransformNet(hidden=32, heads=2, max_answer_length=24))
     if before is not None:
         before(module)
     # 65 pairs in batches of 16: four of 16 and one of 1
