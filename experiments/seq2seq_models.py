@@ -500,6 +500,7 @@ def fit(
     grad_clip: float = 1.0,
     log: Callable[[str], None] | None = print,
     label: str = "",
+    callbacks: Sequence[Callback] = (),
 ) -> FitStats:
     """Train ``module`` with the one harness every model of the comparison shares.
 
@@ -509,11 +510,12 @@ def fit(
     ``EarlyStopping`` stops at 100% exact match. ``max_time`` (wall clock, 10x the budget,
     at least a minute) is only a safety net: on a shared machine wall time also counts
     other processes. The best checkpoint is loaded back into ``module`` before returning.
+    ``callbacks`` are added to the harness's own (a measurement's timers).
     """
     quiet_lightning()
     budget = CpuBudget(budget_s, log=log, label=label)
     best = BestCheckpoint("val_exact_match")
-    callbacks: list[Callback] = [budget, best]
+    callbacks = [budget, best, *callbacks]
     if memorise:
         # EarlyStopping stops once the monitor is strictly above the threshold.
         callbacks.append(EarlyStopping(monitor="val_exact_match", mode="max",

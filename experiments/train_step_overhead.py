@@ -1,7 +1,7 @@
 """Where a training step of the harness goes: the graph model as
-``baseline_seq2seq.py`` trains it (``GraphemeModule`` on ``GraphemeDataModule``, the
-same ``Trainer`` flags as its ``fit``), timed by phase with ``time.process_time`` (one
-torch thread).
+``baseline_seq2seq.py`` trains it (``GraphemeModule`` on ``GraphemeDataModule``, through
+the harness's own ``seq2seq_models.fit``, for ``--epochs`` epochs), timed by phase with
+``time.process_time`` (one torch thread).
 
 Per training step, medians over the epochs after the first: data (from the end of one
 step to the start of the next: fetching and collating the batch), forward (the
@@ -40,7 +40,7 @@ from pyg_grapheme.training import GraphemeDataModule  # noqa: E402
 
 import lightning as L  # noqa: E402
 from baseline_seq2seq import answer_slots, build_graph, load_task  # noqa: E402
-from seq2seq_models import quiet_lightning  # noqa: E402
+from seq2seq_models import fit  # noqa: E402
 
 
 class PhaseTimer(L.Callback):
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first epoch is not counted)")
     torch.set_num_threads(1)
-    quiet_lightning()
     data = load_task(args.task, args.data_dir, args.seed)
     torch.manual_seed(args.seed)
     module = build_graph(128, 1e-3, answer_slots(data))
@@ -95,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         t = time.process_time()
         log(self, *a, **k)
         if self.current_epoch > 0:
-            spent["log"] += time.process_time() - t
+            dt = time.process_time() - t
+            spent["log"] += dt
             spent["calls"] += 1
             if self.trainer.training:
-                spent["log in training"] += time.process_time() - t
+                spent["log in training"] += dt
                 spent["calls in training"] += 1
 
     def timed_hook(self, optimizer):
@@ -111,12 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     dm = GraphemeDataModule(train_file=str(data.files["train"]), val_file=str(data.files["val"]),
                             batch_size=args.batch_size, root="data_cache")
     timer = PhaseTimer()
-    trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, deterministic=True,
-        gradient_clip_val=1.0, gradient_clip_algorithm="norm", enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, logger=False,
-        num_sanity_val_steps=0, callbacks=[timer])
-    trainer.fit(module, datamodule=dm)
+    # the epochs end it, not the CPU budget
+    fit(module, dm, budget_s=1e9, max_epochs=args.epochs, log=None, callbacks=[timer])
     rows = [r for r in timer.rows if r[0] > 0]
     steps = len(rows)
     cols = list(zip(*rows, strict=True))[1:]
