@@ -289,6 +289,7 @@ def train_seq2seq(
     batch_size: int = 32,
     lr: float = 1e-3,
     fused_adam: bool = False,
+    ema: float = 0.0,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> tuple[Result, Seq2SeqModule]:
@@ -298,7 +299,7 @@ def train_seq2seq(
     module = Seq2SeqModule(model, lr=lr, max_len=max_len, fused_adam=fused_adam)
     dm = ByteDataModule(data.pairs["train"], data.pairs["val"], batch_size)
     stats = fit(module, dm, budget_s=budget_s, max_epochs=max_epochs, memorise=data.memorise,
-                log=log, label=f"{name} {data.name}")
+                log=log, label=f"{name} {data.name}", ema=ema)
     result = _result(data, name, count_parameters(model), stats, seed)
     return evaluate_all(module.answer, data, result), module
 
@@ -311,14 +312,14 @@ def _seed(seed: int) -> None:
 
 def train_gru(data: TaskData, *, budget_s: float, max_epochs: int = 100_000,
               hidden: int = 128, embed: int = 64, dropout: float = 0.2, batch_size: int = 32,
-              lr: float = 1e-3, fused_adam: bool = False, seed: int = 0,
+              lr: float = 1e-3, fused_adam: bool = False, ema: float = 0.0, seed: int = 0,
               log: Callable[[str], None] | None = print) -> tuple[Result, Seq2Seq]:
     """The GRU baseline under the shared harness (see :func:`train_seq2seq`)."""
     _seed(seed)
     result, module = train_seq2seq(
         data, build_gru(hidden, embed, dropout), "gru", budget_s=budget_s,
-        max_epochs=max_epochs, batch_size=batch_size, lr=lr, fused_adam=fused_adam, seed=seed,
-        log=log)
+        max_epochs=max_epochs, batch_size=batch_size, lr=lr, fused_adam=fused_adam, ema=ema,
+        seed=seed, log=log)
     return result, module.model
 
 
@@ -326,7 +327,7 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
                       dim: int = 0, graph_params: int | None = None, heads: int = 4,
                       layers: int = 2, dropout: float = 0.1, max_pos: int = 0,
                       batch_size: int = 32, lr: float = 1e-3, fused_adam: bool = False,
-                      seed: int = 0, log: Callable[[str], None] | None = print
+                      ema: float = 0.0, seed: int = 0, log: Callable[[str], None] | None = print
                       ) -> tuple[Result, TransformerSeq2Seq]:
     """The Transformer baseline under the shared harness. ``max_pos=0`` sizes the
     position table from the data; ``dim=0`` matches ``graph_params`` parameters."""
@@ -339,7 +340,7 @@ def train_transformer(data: TaskData, *, budget_s: float, max_epochs: int = 100_
     model = build_transformer(dim, max_pos, heads, layers, dropout=dropout)
     result, module = train_seq2seq(
         data, model, "transformer", budget_s=budget_s, max_epochs=max_epochs,
-        batch_size=batch_size, lr=lr, fused_adam=fused_adam, seed=seed, log=log)
+        batch_size=batch_size, lr=lr, fused_adam=fused_adam, ema=ema, seed=seed, log=log)
     return result, module.model
 
 
@@ -405,6 +406,7 @@ def train_graph(
     batch_size: int = 32,
     lr: float = 1e-3,
     fused_adam: bool = False,
+    ema: float = 0.0,
     seed: int = 0,
     cache_dir: Path = Path("data_cache"),
     log: Callable[[str], None] | None = print,
@@ -427,7 +429,7 @@ def train_graph(
         root=str(cache_dir),
     )
     stats = fit(module, dm, budget_s=budget_s, max_epochs=max_epochs, memorise=data.memorise,
-                log=log, label=f"{name} {data.name}")
+                log=log, label=f"{name} {data.name}", ema=ema)
     model = module.model.eval()
     result = _result(data, name, count_parameters(model), stats, seed)
 
@@ -537,6 +539,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fused-adam", action="store_true",
                    help="torch's fused Adam (one kernel for all parameters), all models; the "
                         "results are labelled [fused Adam]")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, keep and score an exponential moving average of the "
+                        "weights (decay per step, e.g. 0.999), all models; labelled [EMA DECAY]")
     p.add_argument("--gru-hidden", type=int, default=128,
                    help="GRU size (128: ~372k params); 0 matches the graph model's count")
     p.add_argument("--gru-embed", type=int, default=64)
@@ -561,6 +566,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.train_file is None and (args.val_file or args.test_file):
         p.error("--val-file/--test-file need --train-file")
+    if not 0.0 <= args.ema < 1.0:
+        p.error(f"--ema must be a decay in [0, 1) (0: off), got {args.ema}")
     return args
 
 
@@ -576,13 +583,16 @@ def run_model(name: str, data: TaskData, args: argparse.Namespace, seed: int,
     result = _run_model(name, data, args, seed, graph_params)
     if args.fused_adam:
         result.model += "[fused Adam]"
+    if args.ema:
+        result.model += f"[EMA {args.ema:g}]"
     return result
 
 
 def _run_model(name: str, data: TaskData, args: argparse.Namespace, seed: int,
                graph_params: Callable[[], int]) -> Result:
     common = dict(budget_s=args.budget_s, max_epochs=args.max_epochs,
-                  batch_size=args.batch_size, lr=args.lr, fused_adam=args.fused_adam, seed=seed)
+                  batch_size=args.batch_size, lr=args.lr, fused_adam=args.fused_adam,
+                  ema=args.ema, seed=seed)
     if name == "gru":
         hidden = args.gru_hidden or gru_hidden_for(graph_params(), args.gru_embed)
         return train_gru(data, hidden=hidden, embed=args.gru_embed,

@@ -7,7 +7,8 @@
   ``greedy(src, src_len, max_len)`` (batched, stops at ``EOS`` or ``max_len``).
 * :class:`Seq2SeqModule` / :class:`ByteDataModule`: either model as a ``LightningModule``.
 * harness: :class:`CpuBudget` (stop after ``budget_s`` CPU seconds), :class:`BestCheckpoint`
-  (keep the weights of the best ``val_exact_match``, in memory) and :func:`fit`, the one
+  (keep the weights of the best ``val_exact_match``, in memory), :class:`EMAWeights` (an
+  option: validate and keep a moving average of the weights) and :func:`fit`, the one
   ``Trainer`` set-up all three models of ``baseline_seq2seq.py`` are trained with.
 """
 
@@ -25,9 +26,10 @@ from datetime import timedelta
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, WeightAveraging
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from torchmetrics.text import CharErrorRate
 
@@ -472,6 +474,31 @@ class BestCheckpoint(Callback):
             module.load_state_dict(self.state)
 
 
+class EMAWeights(WeightAveraging):
+    """An exponential moving average of the weights (Lightning's ``WeightAveraging``
+    with torch's EMA update, ``avg <- decay * avg + (1 - decay) * w`` after every optimizer
+    step): every validation, and so :class:`BestCheckpoint`, sees the averaged weights.
+
+    Lightning swaps the training weights back in ``on_validation_epoch_end``, before the
+    epoch's ``val_exact_match`` reaches ``callback_metrics``; here they come back in
+    ``on_validation_end``, after :class:`BestCheckpoint` (listed before this callback) has
+    copied the weights the metric belongs to.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the EMA decay must be in (0, 1), got {decay}")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        pass  # the averaged weights stay until on_validation_end
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._average_model is not None:
+            self._swap_models(pl_module)
+
+
 @dataclass
 class FitStats:
     cpu_s: float
@@ -501,6 +528,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     label: str = "",
     callbacks: Sequence[Callback] = (),
+    ema: float = 0.0,
 ) -> FitStats:
     """Train ``module`` with the one harness every model of the comparison shares.
 
@@ -510,12 +538,16 @@ def fit(
     ``EarlyStopping`` stops at 100% exact match. ``max_time`` (wall clock, 10x the budget,
     at least a minute) is only a safety net: on a shared machine wall time also counts
     other processes. The best checkpoint is loaded back into ``module`` before returning.
-    ``callbacks`` are added to the harness's own (a measurement's timers).
+    ``callbacks`` are added to the harness's own (a measurement's timers). ``ema > 0``
+    validates, keeps and returns a moving average of the weights with that decay per step
+    (:class:`EMAWeights`) instead of the weights themselves.
     """
     quiet_lightning()
     budget = CpuBudget(budget_s, log=log, label=label)
     best = BestCheckpoint("val_exact_match")
     callbacks = [budget, best, *callbacks]
+    if ema:
+        callbacks.append(EMAWeights(ema))  # after `best`: see EMAWeights
     if memorise:
         # EarlyStopping stops once the monitor is strictly above the threshold.
         callbacks.append(EarlyStopping(monitor="val_exact_match", mode="max",

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -311,3 +312,57 @@ def test_fused_adam_for_every_model_and_labelled(bl, tmp_path):
                        "--sizes", "6", "6", "6", "--data-dir", str(tmp_path), "--fused-adam"])
     assert [r.model for r in results] == ["gru[fused Adam]", "transformer[fused Adam]",
                                           "graph[model.heads=2][fused Adam]"]
+
+
+def test_ema_validates_keeps_and_returns_the_averaged_weights(bl):
+    """``fit(..., ema=d)``: each validation sees the moving average of the weights, the
+    best checkpoint holds the average it scored, and training goes on from the raw
+    weights. A parameter that SGD moves by -1 per step (4 steps an epoch), d = 0.5:
+    the average is w_1 = -1 after the first step, then 0.5 avg + 0.5 w_k."""
+    torch.set_num_threads(1)
+
+    class Toy(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            return self.w.sum()
+
+        def validation_step(self, batch, batch_idx):
+            self.seen.append(float(self.w))
+            self.log("val_exact_match", -self.w.sum(), batch_size=1)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1.0)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(list(range(4)), batch_size=1)
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader([0], batch_size=1)
+
+    avg, expected = 0.0, []
+    for k in range(1, 9):  # the raw weight after step k is -k
+        avg = -1.0 if k == 1 else 0.5 * avg + 0.5 * -k
+        if k % 4 == 0:
+            expected.append(avg)
+    module = Toy()
+    stats = bl.fit(module, None, budget_s=1e6, max_epochs=2, log=None, ema=0.5)
+    assert module.seen == pytest.approx(expected)  # [-3.125, -7.0078125]
+    assert stats.best_epoch == 2 and float(module.w.detach()) == pytest.approx(expected[1])
+    plain = Toy()
+    bl.fit(plain, None, budget_s=1e6, max_epochs=2, log=None)
+    assert plain.seen == pytest.approx([-4.0, -8.0])
+
+
+def test_ema_for_every_model_and_labelled(bl, tmp_path):
+    results = bl.main(["--task", "kindergarten", "--models", "gru,transformer,graph",
+                       "--budget-s", "0.5", "--gru-hidden", "16", "--tf-dim", "16",
+                       "--graph-hidden", "16", "--graph-kwargs", "model.heads=2",
+                       "--sizes", "6", "6", "6", "--data-dir", str(tmp_path), "--ema", "0.9"])
+    assert [r.model for r in results] == ["gru[EMA 0.9]", "transformer[EMA 0.9]",
+                                          "graph[model.heads=2][EMA 0.9]"]
+    with pytest.raises(SystemExit):
+        bl.main(["--task", "kindergarten", "--ema", "1.0"])
