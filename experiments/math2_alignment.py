@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_seq2seq import load_task, parse_kwargs  # noqa: E402
+from torch_geometric.data import Batch  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.utils import to_dense_batch  # noqa: E402
 
@@ -53,7 +54,7 @@ def slot_posterior(emit: torch.Tensor, z: torch.Tensor, t_len: torch.Tensor,
     return emit.grad
 
 
-def alignment_posterior(model: GraphTransformNet, batch) -> dict[str, float]:
+def alignment_posterior(model: GraphTransformNet, batch: Batch) -> dict[str, float]:
     """Entropy, largest probability and diagonal mass of each target grapheme's
     posterior over the canvas slots (left alignment), averaged over graphemes."""
     model.eval()

@@ -483,13 +483,15 @@ class EMAWeights(WeightAveraging):
     epoch's ``val_exact_match`` reaches ``callback_metrics``; here they come back in
     ``on_validation_end``, after :class:`BestCheckpoint` (listed before this callback) has
     copied the weights the metric belongs to.
+
+    Parameters only (``use_buffers=False``): buffers are not weights, and an average of an
+    integer buffer truncates (the graph model's uint8 category table would be rewritten).
     """
 
     def __init__(self, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"the EMA decay must be in (0, 1), got {decay}")
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.decay = decay
+        super().__init__(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         pass  # the averaged weights stay until on_validation_end

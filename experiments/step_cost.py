@@ -9,7 +9,7 @@ ratio to the first row of its kind (and, with ``--bf16``, its bfloat16 / float32
 measured in the same run.
 
     OMP_NUM_THREADS=1 python experiments/step_cost.py --graph "" "heads=8" \\
-        "hidden=96,encoder_layers=4" "hidden=192" --gru 1255297 2600000 --bf16
+        "hidden=96,encoder_layers=4" "hidden=192" --gru 1255297 2533057 --bf16 --reps 20
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_seq2seq import load_task, parse_kwargs  # noqa: E402
 from seq2seq_models import PAD, VOCAB, Seq2Seq, Tensors, gru_hidden_for  # noqa: E402
+from torch_geometric.data import Batch  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 from pyg_grapheme.data import FOLLOW_BATCH, PairData, split_pair_batch  # noqa: E402
@@ -36,7 +37,7 @@ from pyg_grapheme.loss import segmentation_nll  # noqa: E402
 from pyg_grapheme.nn import GraphTransformNet  # noqa: E402
 
 
-def graph_step(model: GraphTransformNet, batch) -> torch.Tensor:
+def graph_step(model: GraphTransformNet, batch: Batch) -> torch.Tensor:
     inputs, targets = split_pair_batch(batch)
     pred = model(inputs)
     # the likelihood runs in float32 whatever the autocast (segmentation_nll's own rule)
@@ -44,7 +45,7 @@ def graph_step(model: GraphTransformNet, batch) -> torch.Tensor:
                             targets.x, targets.batch, targets.num_graphs)
 
 
-def gru_step(model: Seq2Seq, batch) -> torch.Tensor:
+def gru_step(model: Seq2Seq, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
     src, src_len, tgt_in, tgt_out = batch
     logits = model(src, src_len, tgt_in).float()
     return F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD)
@@ -70,21 +71,24 @@ def main(argv: list[str] | None = None) -> None:
     byte_batches = [tensors.batch(torch.arange(i, min(i + 32, len(pairs))))
                     for i in range(0, len(pairs), 32)]
 
-    rows: list[tuple[str, str, torch.nn.Module, Callable, list]] = []
+    # (kind, variant, a function that builds the model, its step, its batches)
+    rows: list[tuple[str, str, Callable[[], torch.nn.Module], Callable, list]] = []
     for kw in args.graph:
-        torch.manual_seed(0)
         rows.append(("graph", kw or "default",
-                     GraphTransformNet(max_answer_length=8, **parse_kwargs(kw)), graph_step,
-                     graph_batches))
+                     lambda kw=kw: GraphTransformNet(max_answer_length=8, **parse_kwargs(kw)),
+                     graph_step, graph_batches))
     for params in args.gru:
-        torch.manual_seed(0)
         hidden = gru_hidden_for(params)
-        rows.append(("gru", f"hidden {hidden}", Seq2Seq(hidden, 64, 0.2), gru_step,
-                     byte_batches))
+        rows.append(("gru", f"hidden {hidden}", lambda hidden=hidden: Seq2Seq(hidden, 64, 0.2),
+                     gru_step, byte_batches))
     precisions = ["float32", "bfloat16"] if args.bf16 else ["float32"]
-    runs = [(kind, name, prec, model.train(), step, batches,
-             torch.optim.Adam(model.parameters(), lr=1e-3))
-            for kind, name, model, step, batches in rows for prec in precisions]
+    runs = []
+    for kind, name, make, step, batches in rows:
+        for prec in precisions:  # a model and an optimizer of its own per precision
+            torch.manual_seed(0)
+            model = make().train()
+            runs.append((kind, name, prec, model, step, batches,
+                         torch.optim.Adam(model.parameters(), lr=1e-3)))
     times: list[list[float]] = [[] for _ in runs]
     for rep in range(args.reps + 3):
         for k, (_, _, prec, model, step, batches, opt) in enumerate(runs):
@@ -106,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     print(head + (" bfloat16 ms | bfloat16 / float32 |" if args.bf16 else ""))
     print("|---" * (7 if args.bf16 else 5) + "|")
     first: dict[str, float] = {}
-    for kind, name, model, *_ in rows:
+    for kind, name, prec, model, *_ in runs:
+        if prec != "float32":
+            continue
         ms = med[(kind, name, "float32")]
         base = first.setdefault(kind, ms)
         params = sum(q.numel() for q in model.parameters())

@@ -318,21 +318,26 @@ def test_ema_validates_keeps_and_returns_the_averaged_weights(bl):
     """``fit(..., ema=d)``: each validation sees the moving average of the weights, the
     best checkpoint holds the average it scored, and training goes on from the raw
     weights. A parameter that SGD moves by -1 per step (4 steps an epoch), d = 0.5:
-    the average is w_1 = -1 after the first step, then 0.5 avg + 0.5 w_k."""
+    the average is w_1 = -1 after the first step, then 0.5 avg + 0.5 w_k. The metric
+    peaks at the first epoch, so what the fit returns is that epoch's average, not the
+    last one (which ``WeightAveraging.on_train_end`` leaves in the module)."""
     torch.set_num_threads(1)
 
     class Toy(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
+            self.register_buffer("table", torch.arange(256, dtype=torch.uint8))
             self.seen: list[float] = []
+            self.tables_seen: list[torch.Tensor] = []
 
         def training_step(self, batch, batch_idx):
             return self.w.sum()
 
         def validation_step(self, batch, batch_idx):
             self.seen.append(float(self.w))
-            self.log("val_exact_match", -self.w.sum(), batch_size=1)
+            self.tables_seen.append(self.table.clone())
+            self.log("val_exact_match", -(self.w.sum() + 3).abs(), batch_size=1)
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=1.0)
@@ -351,18 +356,33 @@ def test_ema_validates_keeps_and_returns_the_averaged_weights(bl):
     module = Toy()
     stats = bl.fit(module, None, budget_s=1e6, max_epochs=2, log=None, ema=0.5)
     assert module.seen == pytest.approx(expected)  # [-3.125, -7.0078125]
-    assert stats.best_epoch == 2 and float(module.w.detach()) == pytest.approx(expected[1])
+    assert stats.best_epoch == 1 and float(module.w.detach()) == pytest.approx(expected[0])
     plain = Toy()
-    bl.fit(plain, None, budget_s=1e6, max_epochs=2, log=None)
+    stats = bl.fit(plain, None, budget_s=1e6, max_epochs=2, log=None)
     assert plain.seen == pytest.approx([-4.0, -8.0])
+    assert stats.best_epoch == 1 and float(plain.w.detach()) == pytest.approx(-4.0)
+    # Buffers are not averaged: an integer one would be truncated (at 0.9, 3 -> 2).
+    module = Toy()
+    bl.fit(module, None, budget_s=1e6, max_epochs=2, log=None, ema=0.9)
+    for table in [*module.tables_seen, module.table]:
+        assert torch.equal(table, torch.arange(256, dtype=torch.uint8))
 
 
-def test_ema_for_every_model_and_labelled(bl, tmp_path):
+def test_ema_reaches_every_model_and_labels_it(bl, tmp_path, monkeypatch):
+    decays = []
+    fit = bl.fit
+
+    def spy(*args, **kwargs):
+        decays.append(kwargs.get("ema"))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(bl, "fit", spy)
     results = bl.main(["--task", "kindergarten", "--models", "gru,transformer,graph",
                        "--budget-s", "0.5", "--gru-hidden", "16", "--tf-dim", "16",
                        "--graph-hidden", "16", "--graph-kwargs", "model.heads=2",
                        "--sizes", "6", "6", "6", "--data-dir", str(tmp_path), "--ema", "0.9"])
     assert [r.model for r in results] == ["gru[EMA 0.9]", "transformer[EMA 0.9]",
                                           "graph[model.heads=2][EMA 0.9]"]
+    assert decays == [0.9, 0.9, 0.9]
     with pytest.raises(SystemExit):
         bl.main(["--task", "kindergarten", "--ema", "1.0"])

@@ -149,8 +149,9 @@ class GraphemeEncoder(nn.Module):
         if run_positions:
             self.run_end_emb = nn.Embedding(run_positions, hidden_channels)
             self.run_start_emb = nn.Embedding(run_positions, hidden_channels)
-            # A lookup table, not state: rebuilt from unicodedata, never saved.
-            self.register_buffer("category_table", _category_table(), persistent=False)
+            # A lookup table, not state: rebuilt from unicodedata, never saved; a copy per
+            # module, so nothing done to one model's buffers reaches another's.
+            self.register_buffer("category_table", _category_table().clone(), persistent=False)
         self._warned = False
         self.reset_parameters()
 

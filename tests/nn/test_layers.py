@@ -233,6 +233,16 @@ def test_first_code_point_and_category_match_python():
     assert enc.category(bad).tolist() == [0]
 
 
+def test_each_encoder_owns_its_category_table():
+    """The table is built once per process but each module holds a copy: writing into one
+    model's buffers (an in-place weight average, a swap) must not reach another model."""
+    a, b = GraphemeEncoder(8, run_positions=4), GraphemeEncoder(8, run_positions=4)
+    before = b.category_table.clone()
+    a.category_table.zero_()
+    assert torch.equal(b.category_table, before)
+    assert torch.equal(GraphemeEncoder(8, run_positions=4).category_table, before)
+
+
 def test_run_positions_match_a_python_reference():
     import itertools
     import unicodedata
