@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline_seq2seq import load_task, parse_kwargs  # noqa: E402
+from step_cost import graph_loss  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.utils import to_dense_batch  # noqa: E402
 
 from pyg_grapheme.data import FOLLOW_BATCH, PairData, split_pair_batch  # noqa: E402
-from pyg_grapheme.loss import segmentation_nll  # noqa: E402
 from pyg_grapheme.loss.segmentation import (  # noqa: E402
     _chain_forward,
     _dense_chain_logits,
@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         if epoch:
             loader = DataLoader(train, batch_size=32, shuffle=True, follow_batch=FOLLOW_BATCH)
             for batch in loader:
-                inputs, targets = split_pair_batch(batch)
-                pred = model(inputs)
-                loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch,
-                                        pred.merge_logit, targets.x, targets.batch,
-                                        batch.num_graphs)
+                loss = graph_loss(model, batch)
                 opt.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -37,7 +37,8 @@ from pyg_grapheme.loss import segmentation_nll  # noqa: E402
 from pyg_grapheme.nn import GraphTransformNet  # noqa: E402
 
 
-def graph_step(model: GraphTransformNet, batch: Batch) -> torch.Tensor:
+def graph_loss(model: GraphTransformNet, batch: Batch) -> torch.Tensor:
+    """The graph model's training loss on a batch of ``PairData``."""
     inputs, targets = split_pair_batch(batch)
     pred = model(inputs)
     # the likelihood runs in float32 whatever the autocast (segmentation_nll's own rule)
@@ -45,7 +46,8 @@ def graph_step(model: GraphTransformNet, batch: Batch) -> torch.Tensor:
                             targets.x, targets.batch, targets.num_graphs)
 
 
-def gru_step(model: Seq2Seq, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def gru_loss(model: Seq2Seq, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The GRU's teacher-forced cross-entropy on a padded byte batch."""
     src, src_len, tgt_in, tgt_out = batch
     logits = model(src, src_len, tgt_in).float()
     return F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD)
@@ -71,31 +73,31 @@ def main(argv: list[str] | None = None) -> None:
     byte_batches = [tensors.batch(torch.arange(i, min(i + 32, len(pairs))))
                     for i in range(0, len(pairs), 32)]
 
-    # (kind, variant, a function that builds the model, its step, its batches)
+    # (kind, variant, a function that builds the model, its loss, its batches)
     rows: list[tuple[str, str, Callable[[], torch.nn.Module], Callable, list]] = []
     for kw in args.graph:
         rows.append(("graph", kw or "default",
                      lambda kw=kw: GraphTransformNet(max_answer_length=8, **parse_kwargs(kw)),
-                     graph_step, graph_batches))
+                     graph_loss, graph_batches))
     for params in args.gru:
         hidden = gru_hidden_for(params)
         rows.append(("gru", f"hidden {hidden}", lambda hidden=hidden: Seq2Seq(hidden, 64, 0.2),
-                     gru_step, byte_batches))
+                     gru_loss, byte_batches))
     precisions = ["float32", "bfloat16"] if args.bf16 else ["float32"]
     runs = []
-    for kind, name, make, step, batches in rows:
+    for kind, name, make, loss_fn, batches in rows:
         for prec in precisions:  # a model and an optimizer of its own per precision
             torch.manual_seed(0)
             model = make().train()
-            runs.append((kind, name, prec, model, step, batches,
+            runs.append((kind, name, prec, model, loss_fn, batches,
                          torch.optim.Adam(model.parameters(), lr=1e-3)))
     times: list[list[float]] = [[] for _ in runs]
     for rep in range(args.reps + 3):
-        for k, (_, _, prec, model, step, batches, opt) in enumerate(runs):
+        for k, (_, _, prec, model, loss_fn, batches, opt) in enumerate(runs):
             batch = batches[rep % len(batches)]
             start = time.process_time()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bfloat16"):
-                loss = step(model, batch)
+                loss = loss_fn(model, batch)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
