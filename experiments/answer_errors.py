@@ -6,11 +6,12 @@ answers: exact match by operator pair (math2's prefix expressions), by answer le
 for the wrong answers of the right length which character is wrong, counted from the
 right (0 = the units digit), and how far the number is off. This is what showed that
 the left-aligned canvas got the tens right and the units wrong (docs/model.md, "The
-right-aligned canvas")::
+right-aligned canvas"; the right-aligned canvas, then an option, the forward copy, is
+the default since session 18 with the copy anchored at the question's end)::
 
-    python experiments/answer_errors.py --task math2 --seed 0
     python experiments/answer_errors.py --task math2 --seed 0 \\
-        --graph-kwargs model.canvas_align=right
+        --graph-kwargs model.canvas_align=left
+    python experiments/answer_errors.py --task math2 --seed 0
 """
 
 from __future__ import annotations

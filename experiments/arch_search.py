@@ -50,7 +50,8 @@ def run(task: str, variant: dict, steps: int, eval_every: int, n_val: int, seed:
             inputs, targets = split_pair_batch(batch)
             pred = model(inputs)
             loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                                    targets.x, targets.batch, batch.num_graphs)
+                                    targets.x, targets.batch, batch.num_graphs,
+                                    align=model.canvas_align)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

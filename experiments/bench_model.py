@@ -56,7 +56,8 @@ def batch_of(rng: random.Random, sizes: list[int], answer: list[int]):
 def loss_of(model, inputs, targets):
     pred = model(inputs)
     return segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                            targets.x, targets.batch, targets.num_graphs)
+                            targets.x, targets.batch, targets.num_graphs,
+                            align=model.canvas_align)
 
 
 def timed(fn, repeats: int) -> float:

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             break
         pred = net(inputs)
         loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                                targets.x, targets.batch, inputs.num_graphs)
+                                targets.x, targets.batch, inputs.num_graphs,
+                                align=net.canvas_align)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 0.25)

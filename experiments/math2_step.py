@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.process_time()
             pred = model(inputs)
             loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                                    targets.x, targets.batch, batch.num_graphs)
+                                    targets.x, targets.batch, batch.num_graphs,
+                                    align=model.canvas_align)
             opts[name].zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -105,7 +106,8 @@ def profile_step(batches: list, steps: int) -> None:
         marks = [time.process_time()]
         pred = model(inputs)
         loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                                targets.x, targets.batch, targets.num_graphs)
+                                targets.x, targets.batch, targets.num_graphs,
+                                align=model.canvas_align)
         marks.append(time.process_time())
         opt.zero_grad()
         loss.backward()

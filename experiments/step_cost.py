@@ -43,7 +43,8 @@ def graph_loss(model: GraphTransformNet, batch: Batch) -> torch.Tensor:
     pred = model(inputs)
     # the likelihood runs in float32 whatever the autocast (segmentation_nll's own rule)
     return segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                            targets.x, targets.batch, targets.num_graphs)
+                            targets.x, targets.batch, targets.num_graphs,
+                            align=model.canvas_align)
 
 
 def gru_loss(model: Seq2Seq, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                 pred = model(inputs)
                 loss = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch,
                                         pred.merge_logit, targets.x, targets.batch,
-                                        batch.num_graphs)
+                                        batch.num_graphs, align=model.canvas_align)
             else:
                 src, src_len, tgt_in, tgt_out = batch
                 logits = model(src, src_len, tgt_in)

@@ -52,17 +52,17 @@ class GraphTransformNet(nn.Module):
       worse on the math curriculum; neither form wins both.
     - **Canvas.** The answer is not bounded by the question's length: every question
       gets a chain of :math:`T` = ``max_answer_length`` canvas nodes: a learned slot
-      embedding plus a uniform copy of the question (slot :math:`k` copies question node
-      :math:`\lfloor k n / T \rfloor`, the input of non-autoregressive decoders, Gu et
-      al. 2018). Decoder layers pass
+      embedding plus a uniform copy of the question (the input of non-autoregressive
+      decoders, Gu et al. 2018), in reading order and anchored at the speaking end
+      (:func:`copy_sources`). Decoder layers pass
       messages along the canvas (:class:`DAGConv`), attend over the canvas and over the
       question (pre-LN :class:`torch.nn.TransformerDecoderLayer` without a causal mask).
       Its cost per question is fixed by :math:`T`, not by the question's length.
     - **Pooling.** :class:`ThresholdMergePool` merges canvas neighbours whose learned
       projections are more similar than its threshold: the contiguous segments are the
       answer's graphemes, the pooled graph is a chain, and each pooled node speaks with
-      the byte distributions of its first canvas node (its last with
-      ``canvas_align="right"``). The merge logits
+      the byte distributions of its last canvas node (its first with
+      ``canvas_align="left"``). The merge logits
       (``merge_logit``) and the canvas distributions (``canvas_log_probs``) are what
       :func:`~pyg_grapheme.loss.segmentation_nll` needs to sum over every segmentation.
 
@@ -122,13 +122,15 @@ class GraphTransformNet(nn.Module):
             self-attention over the canvas (slot distance; started as
             ``relative_init`` says; default ``0``: none, the canvas's order is then its
             slot embeddings and the DAGConv along it; docs/model.md).
-        canvas_align: ``"left"`` (default): each answer grapheme speaks with the first
-            canvas node of its segment, so the answer's first grapheme is the canvas's
-            first node; ``"right"``: with the last, so its last grapheme is the canvas's
+        canvas_align: ``"right"`` (default): each answer grapheme speaks with the last
+            canvas node of its segment, so the answer's last grapheme is the canvas's
             last node and numbers line up by place value, units on the last slot, as in
-            column arithmetic (the likelihood: ``segmentation_nll(..., align=...)``,
-            which :class:`~pyg_grapheme.training.GraphemeModule` passes from this
-            attribute; docs/model.md).
+            column arithmetic, and the canvas's copy of the question is anchored at its
+            end (:func:`copy_sources`); ``"left"``: with the first, the answer's first
+            grapheme on the first node (the default before; checkpoints that predate
+            the option load with it). The likelihood is ``segmentation_nll(...,
+            align=...)``, which :class:`~pyg_grapheme.training.GraphemeModule` passes
+            from this attribute; docs/model.md, "The right-aligned canvas".
 
     Shapes:
         - **input:** a :class:`~torch_geometric.data.Batch` of text graphs (``x`` uint8
@@ -165,7 +167,7 @@ class GraphTransformNet(nn.Module):
         relative_positions: int = 32,
         relative_init: str = "alibi",
         canvas_relative_positions: int = 0,
-        canvas_align: str = "left",
+        canvas_align: str = "right",
     ) -> None:
         super().__init__()
         if hidden % heads:
@@ -303,13 +305,13 @@ class GraphTransformNet(nn.Module):
         # The canvas: T slots per question, contiguous per graph, in chain order.
         T = self.max_answer_length
         cvec = torch.arange(num_graphs, device=x.device).repeat_interleave(T)
-        # Slot k starts as a copy of question node floor(k n / T) (the uniform copy of
+        # Each slot starts as a copy of a question node (the uniform copy of
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
-        k = torch.arange(T, device=x.device).repeat(num_graphs)
-        src = ptr[cvec] + torch.div(k * sizes[cvec], T, rounding_mode="floor")
+        # The speaking end copies the question's end (copy_sources; docs/model.md).
+        src = copy_sources(ptr, sizes, num_graphs, T, self.canvas_align)
         empty = sizes[cvec] == 0
-        c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(max=max(n - 1, 0))])
+        c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(min=0, max=max(n - 1, 0))])
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
         if self.canvas_scale != 1.0:
             c = c * self.canvas_scale
@@ -391,6 +393,22 @@ class GraphTransformNet(nn.Module):
         finally:
             self.train(was_training)
         return answers[0] if single else answers
+
+
+def copy_sources(ptr: Tensor, sizes: Tensor, num_graphs: int, T: int, align: str) -> Tensor:
+    r"""The question node each canvas slot starts as a copy of (``[num_graphs * T]``,
+    global indices; ``ptr`` ``[B + 1]``, ``sizes`` ``[B]``): slot :math:`k` of a question
+    of :math:`n` graphemes copies node :math:`\lfloor k n / T \rfloor` (``"left"``), or
+    node :math:`n - 1 - \lfloor (T - 1 - k) n / T \rfloor` (``"right"``: anchored at the
+    question's end, so the speaking end, the last slot, copies the question's last
+    grapheme as the left-aligned speaker copies its first). Both in reading order. An
+    empty question's slots point at ``ptr[g] - 1`` or ``ptr[g]``: the caller masks them."""
+    cvec = torch.arange(num_graphs, device=ptr.device).repeat_interleave(T)
+    k = torch.arange(T, device=ptr.device).repeat(num_graphs)
+    n = sizes[cvec]
+    if align == "right":
+        return ptr[cvec] + n - 1 - torch.div((T - 1 - k) * n, T, rounding_mode="floor")
+    return ptr[cvec] + torch.div(k * n, T, rounding_mode="floor")
 
 
 @torch.compiler.disable

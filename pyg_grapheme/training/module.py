@@ -118,7 +118,7 @@ class GraphemeModule(InjectedModule):
     # was 1 until it became 0.5; relative_positions came in at 0, then became 32
     # (checkpoints since spell them out, as every argument)
     network_defaults_before = {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0,
-                               "relative_positions": 0}
+                               "relative_positions": 0, "canvas_align": "left"}
 
     def __init__(
         self,

@@ -97,3 +97,28 @@ def test_right_alignment_under_compile_equals_eager():
     torch.testing.assert_close(outs[1].logits, outs[0].logits)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_the_speaking_end_copies_the_question_end_it_is_aligned_with():
+    """Slot k's copy of the question: in reading order either way; left-aligned the first
+    slot copies each question's first grapheme, right-aligned the last slot its last
+    (where the forward copy floor(k n / T) put a grapheme from inside the question: on
+    the place-value task often a digit of the number)."""
+    from pyg_grapheme.nn.transform_net import copy_sources
+
+    sizes = torch.tensor([39, 2, 5, 8, 1])
+    ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    T = 8
+    for align in ("left", "right"):
+        src = copy_sources(ptr, sizes, len(sizes), T, align).view(-1, T)
+        assert (src.diff(dim=1) >= 0).all()
+        assert ((src >= ptr[:-1, None]) & (src < ptr[1:, None])).all()
+        end = src[:, 0] - ptr[:-1] if align == "left" else ptr[1:] - 1 - src[:, -1]
+        assert (end == 0).all()
+    # left-aligned, the forward copy
+    torch.testing.assert_close(copy_sources(ptr, sizes, len(sizes), T, "left").view(-1, T)[0],
+                               torch.arange(T) * 39 // T)
+    # right-aligned, the mirror image of the left copy within each question
+    right = copy_sources(ptr, sizes, len(sizes), T, "right").view(-1, T) - ptr[:-1, None]
+    left = copy_sources(ptr, sizes, len(sizes), T, "left").view(-1, T) - ptr[:-1, None]
+    torch.testing.assert_close(right, sizes[:, None] - 1 - left.flip(1))

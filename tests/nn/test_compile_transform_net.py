@@ -154,7 +154,7 @@ def test_size_checks_hold_under_compile():
 def loss_of(pred, targets) -> torch.Tensor:
     """The training loss plus every differentiable output (masses, weights, log P)."""
     seg = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                           targets.x, targets.batch, targets.num_graphs)
+                           targets.x, targets.batch, targets.num_graphs, align="right")
     w = torch.linspace(0.5, 2.0, pred.node_weight.numel())
     return (seg + pred.x.pow(2).sum() + (pred.node_weight * w).sum()
             + pred.edge_weight.sum() + pred.log_prob.sum())

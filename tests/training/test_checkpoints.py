@@ -249,8 +249,9 @@ def test_checkpoint_of_other_layers_fails_clearly_or_loads(tmp_path):
 
 
 def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
-    """``run_positions``, ``canvas_scale``, ``pool_tau`` and ``relative_positions``
-    changed defaults (0 -> 32, 1 -> 0.02, 1 -> 0.5, 0 -> 32). A checkpoint whose network
+    """``run_positions``, ``canvas_scale``, ``pool_tau``, ``relative_positions`` and
+    ``canvas_align`` changed defaults (0 -> 32, 1 -> 0.02, 1 -> 0.5, 0 -> 32, left ->
+    right). A checkpoint whose network
     config does not name them (LightningCLI's form, written before they existed; and the
     old flat form) loads with the values it was trained with: the same weights (no
     missing run-position or relative-bias table) and the same answers."""
@@ -260,7 +261,7 @@ def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
     small = {"hidden": 16, "heads": 2, "max_answer_length": 4}
     before = GraphemeModule.network_defaults_before
     assert before == {"run_positions": 0, "canvas_scale": 1.0, "pool_tau": 1.0,
-                      "relative_positions": 0}
+                      "relative_positions": 0, "canvas_align": "left"}
     today = GraphTransformNet()
     assert today.enc[0].relative is not None
     assert today.canvas_scale != before["canvas_scale"]  # changed defaults
@@ -273,6 +274,7 @@ def test_checkpoint_from_before_a_default_changed_keeps_its_network(tmp_path):
         loaded = GraphemeModule.load_from_checkpoint(_save(old, tmp_path / "b.ckpt", form))
         _same_weights(old, loaded)
         assert (loaded.model.canvas_scale, loaded.model.encoder.run_positions) == (1.0, 0)
+        assert loaded.model.canvas_align == "left" != today.canvas_align
         assert loaded.model.pool.tau == 1.0
         assert all(layer.relative is None for layer in loaded.model.enc)
         old.eval(), loaded.eval()
