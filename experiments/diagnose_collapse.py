@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     data = resolve_dataset("kindergarten", args.cache)
     batch = next(iter(DataLoader(data, batch_size=len(data), follow_batch=FOLLOW_BATCH)))
     inputs, targets = split_pair_batch(batch)
-    net = GraphTransformNet(max_answer_length=16)
+    # left-aligned, as measured (docs/model.md): slot 0 speaks each answer's first grapheme
+    net = GraphTransformNet(max_answer_length=16, canvas_align="left")
     if not args.no_prior:
         net.head.init_output_prior(targets.x)
     seen: dict[str, torch.Tensor] = {}
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             net.eval()
             with torch.no_grad():
                 pred = net(inputs)
+            # the speaking slot of each answer's first grapheme (left-aligned: slot 0)
             first = torch.arange(inputs.num_graphs) * net.max_answer_length
             answers = decode_graphs(pred)
             print(f"| {step} | {mean_pairwise_cosine(seen['h'][first]):.4f} | "

@@ -57,6 +57,9 @@ def slot_posterior(emit: torch.Tensor, z: torch.Tensor, t_len: torch.Tensor,
 def alignment_posterior(model: GraphTransformNet, batch: Batch) -> dict[str, float]:
     """Entropy, largest probability and diagonal mass of each target grapheme's
     posterior over the canvas slots (left alignment), averaged over graphemes."""
+    if model.canvas_align != "left":
+        raise ValueError("the slot posterior is the left alignment's; got "
+                         f"canvas_align={model.canvas_align!r}")
     model.eval()
     inputs, targets = split_pair_batch(batch)
     with torch.no_grad():

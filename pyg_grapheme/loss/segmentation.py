@@ -94,7 +94,9 @@ def segmentation_log_likelihood(
         target_batch: ``[M]`` sorted graph of each target node.
         num_graphs: ``B`` (default: read off the batch vectors).
         align: ``"left"`` (default): a segment speaks with its first node; ``"right"``:
-            with its last (the module docstring).
+            with its last (the module docstring). For a
+            :class:`~pyg_grapheme.nn.GraphTransformNet`'s output pass its
+            ``canvas_align`` (``"right"`` by default).
 
     Returns ``[B]``; ``-inf`` where no segmentation exists (a target longer than its
     canvas, or an empty target with a non-empty canvas). An empty canvas with an
