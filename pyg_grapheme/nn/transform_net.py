@@ -309,7 +309,7 @@ class GraphTransformNet(nn.Module):
         # non-autoregressive decoders, Gu et al. 2018): canvases of different questions
         # differ from the first step, which a shared query or the question's mean does not.
         # The speaking end copies the question's end (copy_sources; docs/model.md).
-        src = copy_sources(ptr, sizes, num_graphs, T, self.canvas_align)
+        src = copy_sources(ptr, sizes, cvec, T, self.canvas_align)
         empty = sizes[cvec] == 0
         c = torch.where(empty.unsqueeze(1), 0.0, h[src.clamp(min=0, max=max(n - 1, 0))])
         c = self.canvas_norm(self.slots.weight.repeat(num_graphs, 1) + c)
@@ -395,16 +395,16 @@ class GraphTransformNet(nn.Module):
         return answers[0] if single else answers
 
 
-def copy_sources(ptr: Tensor, sizes: Tensor, num_graphs: int, T: int, align: str) -> Tensor:
-    r"""The question node each canvas slot starts as a copy of (``[num_graphs * T]``,
-    global indices; ``ptr`` ``[B + 1]``, ``sizes`` ``[B]``): slot :math:`k` of a question
+def copy_sources(ptr: Tensor, sizes: Tensor, cvec: Tensor, T: int, align: str) -> Tensor:
+    r"""The question node each canvas slot starts as a copy of (``[B * T]``, global
+    indices; ``ptr`` ``[B + 1]``, ``sizes`` ``[B]``, ``cvec`` ``[B * T]`` the question of
+    each slot, ``T`` consecutive slots per question): slot :math:`k` of a question
     of :math:`n` graphemes copies node :math:`\lfloor k n / T \rfloor` (``"left"``), or
     node :math:`n - 1 - \lfloor (T - 1 - k) n / T \rfloor` (``"right"``: anchored at the
     question's end, so the speaking end, the last slot, copies the question's last
     grapheme as the left-aligned speaker copies its first). Both in reading order. An
     empty question's slots point at ``ptr[g] - 1`` or ``ptr[g]``: the caller masks them."""
-    cvec = torch.arange(num_graphs, device=ptr.device).repeat_interleave(T)
-    k = torch.arange(T, device=ptr.device).repeat(num_graphs)
+    k = torch.arange(T, device=ptr.device).repeat(sizes.numel())
     n = sizes[cvec]
     if align == "right":
         return ptr[cvec] + n - 1 - torch.div((T - 1 - k) * n, T, rounding_mode="floor")

@@ -109,16 +109,17 @@ def test_the_speaking_end_copies_the_question_end_it_is_aligned_with():
     sizes = torch.tensor([39, 2, 5, 8, 1])
     ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
     T = 8
+    cvec = torch.arange(len(sizes)).repeat_interleave(T)
     for align in ("left", "right"):
-        src = copy_sources(ptr, sizes, len(sizes), T, align).view(-1, T)
+        src = copy_sources(ptr, sizes, cvec, T, align).view(-1, T)
         assert (src.diff(dim=1) >= 0).all()
         assert ((src >= ptr[:-1, None]) & (src < ptr[1:, None])).all()
         end = src[:, 0] - ptr[:-1] if align == "left" else ptr[1:] - 1 - src[:, -1]
         assert (end == 0).all()
     # left-aligned, the forward copy
-    torch.testing.assert_close(copy_sources(ptr, sizes, len(sizes), T, "left").view(-1, T)[0],
+    torch.testing.assert_close(copy_sources(ptr, sizes, cvec, T, "left").view(-1, T)[0],
                                torch.arange(T) * 39 // T)
     # right-aligned, the mirror image of the left copy within each question
-    right = copy_sources(ptr, sizes, len(sizes), T, "right").view(-1, T) - ptr[:-1, None]
-    left = copy_sources(ptr, sizes, len(sizes), T, "left").view(-1, T) - ptr[:-1, None]
+    right = copy_sources(ptr, sizes, cvec, T, "right").view(-1, T) - ptr[:-1, None]
+    left = copy_sources(ptr, sizes, cvec, T, "left").view(-1, T) - ptr[:-1, None]
     torch.testing.assert_close(right, sizes[:, None] - 1 - left.flip(1))

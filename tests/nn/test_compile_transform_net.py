@@ -151,10 +151,10 @@ def test_size_checks_hold_under_compile():
     assert torch.equal(pred.cluster, net(inputs).cluster)
 
 
-def loss_of(pred, targets) -> torch.Tensor:
+def loss_of(pred, targets, align: str) -> torch.Tensor:
     """The training loss plus every differentiable output (masses, weights, log P)."""
     seg = segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
-                           targets.x, targets.batch, targets.num_graphs, align="right")
+                           targets.x, targets.batch, targets.num_graphs, align=align)
     w = torch.linspace(0.5, 2.0, pred.node_weight.numel())
     return (seg + pred.x.pow(2).sum() + (pred.node_weight * w).sum()
             + pred.edge_weight.sum() + pred.log_prob.sum())
@@ -175,7 +175,7 @@ def compiled_matches_eager(backend: str, block: str, run_positions: int, forced:
         for model in (net, compiled):
             pred = model(inputs, **kwargs)
             outs.append(pred)
-            grads.append(torch.autograd.grad(loss_of(pred, targets), params))
+            grads.append(torch.autograd.grad(loss_of(pred, targets, net.canvas_align), params))
         eager, comp = outs
         # a batch of new sizes recompiles both graphs once (then with symbolic sizes)
         assert len(graphs) == MAX_GRAPHS * (i + 1), len(graphs)

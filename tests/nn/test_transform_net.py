@@ -1,5 +1,7 @@
 """GraphTransformNet: shapes, the canvas, exact end-to-end gradients, decoding, compile."""
 
+import inspect
+
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -25,7 +27,11 @@ def batches():
     return inputs, targets
 
 
-def seg_loss(pred, targets, align="right"):  # the default network's alignment
+#: the default network's alignment, which the likelihood must share
+DEFAULT_ALIGN = inspect.signature(GraphTransformNet).parameters["canvas_align"].default
+
+
+def seg_loss(pred, targets, align=DEFAULT_ALIGN):
     return segmentation_nll(pred.canvas_log_probs, pred.canvas_batch, pred.merge_logit,
                             targets.x, targets.batch, targets.num_graphs, align=align)
 
