@@ -116,6 +116,24 @@ class _Edges:
             self._sparse[which] = coo.coalesce()
         return self._sparse[which]
 
+    def stacked(self, side: str) -> Tensor:
+        """``"A"``: ``[A; A^T]`` ``[2BR, BR]``; ``"B"``: ``[B | B^T]`` ``[BC, 2BC]``
+        (detached, sparse COO): the two products of :meth:`grad` in one call each."""
+        key = side + "2"
+        if key not in self._sparse:
+            if side == "A":
+                N, src, dst, w = self.B * self.R, self.pr_src, self.pr_dst, self.wp.detach()
+                rows, cols = torch.cat([src, dst + N]), torch.cat([dst, src])
+                shape = (2 * N, N)
+            else:
+                N, src, dst, w = self.B * self.C, self.tc_src, self.tc_dst, self.wt.detach()
+                rows, cols = torch.cat([src, dst]), torch.cat([dst, src + N])
+                shape = (N, 2 * N)
+            coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([w, w]), shape,
+                                          check_invariants=False)
+            self._sparse[key] = coo.coalesce()
+        return self._sparse[key]
+
     def _right_bt(self, X: Tensor, transpose: bool) -> Tensor:
         """``X B^T`` (or ``X B`` if transpose) for ``X`` ``[B, R, C]``: ``(B X^T)^T``."""
         B, R, C = X.shape
@@ -152,8 +170,11 @@ class _Edges:
             .index_add(0, self.tc_src, ft * c[self.tc_dst])
             .index_add(0, self.tc_dst, ft * c[self.tc_src])
         )
-        cross = self._right_bt(self._left_a(P, False), False)
-        cross = cross + self._right_bt(self._left_a(P, True), True)
+        # A P B^T + A^T P B in two sparse products instead of four: [A; A^T] P, then
+        # (B [A P]^T + B^T [A^T P]^T)^T with [B | B^T] (docs/loss.md).
+        AP = torch.sparse.mm(self.stacked("A"), P.reshape(B * R, C))  # [2BR, C]
+        APt = AP.view(2, B, R, C).transpose(2, 3).reshape(2 * B * C, R)
+        cross = torch.sparse.mm(self.stacked("B"), APt).view(B, C, R).transpose(1, 2)
         return F1.view(B, R, 1) + F2.view(B, 1, C) - 2.0 * cross
 
     def value(self, P: Tensor) -> Tensor:

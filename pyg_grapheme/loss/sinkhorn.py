@@ -67,6 +67,15 @@ def _log_tau(dtype: torch.dtype) -> float:
     return 0.2 * math.log(torch.finfo(dtype).max)
 
 
+def _exp_low(dtype: torch.dtype) -> float:
+    # On CPU, exp of an argument at or below log(tiny) (a subnormal or 0 result, or
+    # -inf) takes a slow path, 5-30x the time of the vectorised one (docs/loss.md), and
+    # Sinkhorn kernels at small reg are mostly such entries. Arguments are clamped one
+    # unit above it (exp = e * tiny, still a normal number); the kernel then zeroes what
+    # sits at the clamp, as an underflow would have.
+    return math.log(torch.finfo(dtype).tiny) + 1.0
+
+
 def _masks(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     row = a > 0
     col = b > 0
@@ -84,10 +93,16 @@ def c_transform_rows(g: Tensor, M: Tensor, eps: float, col_ok: Tensor) -> Tensor
     every row (also rows of mass 0) as long as one column is present; 0 otherwise.
     Shapes: ``g [B, m]``, ``M [B, n, m]``, ``col_ok [B, m]`` -> ``[B, n]``.
     """
-    z = (g.unsqueeze(1) - M) / eps
-    z = torch.where(col_ok.unsqueeze(1), z, float("-inf"))
-    lse = torch.logsumexp(z, dim=2)
-    return torch.where(torch.isfinite(lse), -eps * lse, torch.zeros_like(lse))
+    ok = col_ok.unsqueeze(1)
+    z = torch.where(ok, (g.unsqueeze(1) - M) / eps, float("-inf"))
+    # logsumexp by hand, its exp clamped at _exp_low (torch.logsumexp takes the slow
+    # path on the many entries far below the row's max); absent columns count 0.
+    mx = z.amax(dim=2, keepdim=True)
+    mx = torch.where(torch.isfinite(mx), mx, 0.0)
+    e = (z - mx).clamp_min_(_exp_low(z.dtype)).exp_().mul_(ok)
+    s = e.sum(2)
+    lse = s.log() + mx.squeeze(2)
+    return torch.where(s > 0, -eps * lse, torch.zeros_like(lse))
 
 
 def c_transform_cols(f: Tensor, M: Tensor, eps: float, row_ok: Tensor) -> Tensor:
@@ -155,8 +170,11 @@ def solve(
     idx = torch.arange(B, device=M.device)
     stored = torch.zeros(B, dtype=torch.bool, device=M.device)
     mass = a.sum(1)
-    # M / eps with +inf on absent cells: the kernel's exp gives their 0 without a mask.
+    # M / eps with +inf on absent cells: their kernel argument is -inf, clamped and
+    # zeroed like any underflow (never an overflow times a mask).
     M_eps = torch.where(cell_ok, M / eps, float("inf"))
+    low = _exp_low(M.dtype)
+    low_cut = 4.0 * torch.finfo(M.dtype).tiny  # above exp(low) = e * tiny
     log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
     log_b = torch.where(col_ok, b.clamp_min(floor).log(), 0.0)
 
@@ -169,13 +187,19 @@ def solve(
     def kernel(f: Tensor, g: Tensor) -> Tensor:
         # exp((f_i + g_j - M_ij) / eps), 0 on absent cells; in place, one temporary.
         K = (f / eps).unsqueeze(2) + (g / eps).unsqueeze(1)
-        return K.sub_(M_eps).exp_()
+        K = K.sub_(M_eps).clamp_min_(low).exp_()
+        # Entries at the clamp (absent cells included) become exact zeros, as an
+        # underflow would: a subnormal or tiny entry slows every mat-vec it enters.
+        return torch.threshold_(K, low_cut, 0.0)
 
     def row_err(K: Tensor) -> Tensor:
         return (K.sum(2) - a).abs().sum(1)
 
     # A log-domain iteration first: it balances the kernel whatever the warm start, so
-    # no present row or column starts out all-underflowed.
+    # no present row or column starts out all-underflowed. A warm start whose kernel
+    # is already balanced to within exp(+-log_tau / 4) on every present row and column
+    # needs none (the scalings of the first block stay in range; the fixed point is the
+    # same): it saves two log-sum-exps per warm-started solve.
     f, g = log_step(f, g)
     K = kernel(f, g)
     err = row_err(K)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pyg_grapheme.loss import sinkhorn
-from pyg_grapheme.loss.sinkhorn import solve
+from pyg_grapheme.loss.sinkhorn import c_transform_rows, solve
 
 
 def padded_problem(ns, ms, dtype=torch.float64, scale=3.0, seed=0):
@@ -122,6 +122,48 @@ def test_finite_at_large_cost_over_reg(dtype, scale, reg):
     torch.testing.assert_close(out.value, log.value, atol=1e-3 * scale, rtol=1e-3)
     if dtype == torch.float64:  # float32 rounds (f + g - M) / reg at M / reg ~ 1e6
         torch.testing.assert_close(out.plan.sum(1), b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_underflow_gives_exact_zeros_not_subnormals(dtype):
+    # Most kernel entries underflow at cost / reg ~ 1e3-1e4. The kernel clamps its exp
+    # (CPU's slow path for subnormal results) and must still return exact zeros there,
+    # never subnormals (which slow every later mat-vec), and keep padding at exactly 0.
+    C, a, b = padded_problem([20, 5, 13], [7, 19, 13], dtype=dtype, scale=10.0)
+    out = sinkhorn(C, a, b, 1e-3, max_iter=300)
+    P, tiny = out.plan, torch.finfo(dtype).tiny
+    assert not bool(((P > 0) & (P < tiny)).any())
+    assert bool((P == 0).any())  # there was underflow to test
+    pad = ~((a > 0).unsqueeze(2) & (b > 0).unsqueeze(1))
+    assert bool((P[pad] == 0).all())
+    log = sinkhorn(C, a, b, 1e-3, max_iter=300, method="log")
+    torch.testing.assert_close(out.value, log.value, atol=1e-3, rtol=1e-4)
+
+
+def test_absent_cells_stay_zero_under_huge_warm_start_potentials():
+    # An absent row's potential is 0 while present columns' can be large: its kernel
+    # argument must never overflow to inf (inf * 0 = nan on the way to the mask).
+    C, a, b = padded_problem(NS, MS, dtype=torch.float32)
+    g0 = torch.where(b > 0, torch.full_like(b, 20.0), 0.0)  # (f + g) / eps ~ 200
+    f, g, P, _, err = solve(C, a, b, 0.1, init=(torch.zeros_like(a), g0), max_iter=500,
+                            tol=1e-5)
+    assert torch.isfinite(P).all() and torch.isfinite(f).all() and torch.isfinite(g).all()
+    ref = solve(C, a, b, 0.1, max_iter=500, tol=1e-5)[2]
+    torch.testing.assert_close(P, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_soft_c_transform_is_a_masked_logsumexp(dtype):
+    g_ = torch.Generator().manual_seed(3)
+    M = torch.randn(3, 4, 6, generator=g_, dtype=dtype) * 50  # spans far below the max
+    gpot = torch.randn(3, 6, generator=g_, dtype=dtype)
+    col_ok = torch.rand(3, 6, generator=g_) > 0.4
+    col_ok[2] = False  # no column present: 0 by convention
+    eps = 0.05
+    z = torch.where(col_ok.unsqueeze(1), (gpot.unsqueeze(1) - M) / eps, float("-inf"))
+    ref = -eps * torch.logsumexp(z, 2)
+    ref = torch.where(torch.isfinite(ref), ref, 0.0)
+    torch.testing.assert_close(c_transform_rows(gpot, M, eps, col_ok), ref)
 
 
 def test_pot_scaling_domain_fails_where_we_do_not():
