@@ -62,10 +62,11 @@ class _Quadratic(Protocol):
 class _Edges:
     r"""Both sides' edges in the padded augmented index space (rows R = n+1, cols C = m+1).
 
-    The adjacencies are block-diagonal sparse (COO) matrices over the whole batch
-    (``[B*R, B*R]`` and ``[B*C, B*C]``): a product with a plan costs :math:`O(E\,C)`
-    and never forms a dense ``n x n`` adjacency (see docs/loss.md for its speed against
-    gather/``index_add``). Built from both sides' :class:`~pyg_grapheme.loss.inputs._Dense`.
+    The adjacencies are block-diagonal sparse matrices over the whole batch
+    (``[B*R, B*R]`` and ``[B*C, B*C]``; :meth:`grad` stacks ``A`` with ``A^T`` and ``B``
+    with ``B^T`` as CSR): a product with a plan costs :math:`O(E\,C)` and never forms a
+    dense ``n x n`` adjacency (see docs/loss.md for its speed against gather/``index_add``
+    and against COO). Built from both sides' :class:`~pyg_grapheme.loss.inputs._Dense`.
     """
 
     def __init__(self, p: _Dense, t: _Dense, B: int, edge_loss: str, dtype: torch.dtype):
