@@ -15,18 +15,21 @@ length, annealing length / start (``outer_iter``, ``reg_init``, idea (d) of issu
 flush-to-zero of denormals. ``--compile``: one Sinkhorn block of 10 iterations on 64
 pairs of 61 x 61 (float32), eager against ``torch.compile`` (idea (a)), with the compile
 time and the largest difference. ``--profile``: the table 2 problem's forward + backward
-by operator (``torch.profiler``, self CPU time).
+by operator (``torch.profiler``, self CPU time). ``--exp``: the time of ``exp_`` by the
+range of its argument (the fourth round: the CPU's slow path for underflowing results).
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --variants
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --compile
     OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --profile
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/probe_loss_solver.py --exp
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import statistics
 import sys
 import time
@@ -160,6 +163,42 @@ def compiled_block(repeats: int = 7) -> None:
         print(f"| {k} | {1e6 * t:.1f} | {base / t:.2f}x |")
 
 
+def exp_speed(repeats: int = 7) -> None:
+    """Fourth round: the time of ``exp_`` on one ``[64, 61, 61]`` tensor by the range of
+    its argument. Arguments at or below ``log(tiny)`` (subnormal or zero results) and
+    ``-inf`` leave the CPU's vectorised path; the kernel of ``sinkhorn.solve`` therefore
+    clamps one unit above it."""
+    g = torch.Generator().manual_seed(0)
+    shape = (64, 61, 61)
+    cases: list[tuple[str, torch.Tensor]] = []
+    for dt in (torch.float32, torch.float64):
+        low = math.log(torch.finfo(dt).tiny)
+        name = str(dt).replace("torch.", "")
+        uni = torch.rand(shape, generator=g, dtype=dt)
+        cases += [
+            (f"{name}: uniform in [-10, 0]", uni * -10),
+            (f"{name}: uniform in [-200, 0]", uni * -200),
+            (f"{name}: uniform in [-200, 0], clamped at log(tiny) + 1",
+             (uni * -200).clamp_min(low + 1)),
+            (f"{name}: constant log(tiny) + 0.3", torch.full(shape, low + 0.3, dtype=dt)),
+            (f"{name}: constant log(tiny) = {low:.2f}", torch.full(shape, low, dtype=dt)),
+            (f"{name}: constant log(tiny) - 1", torch.full(shape, low - 1, dtype=dt)),
+            (f"{name}: constant 1.2 log(tiny)", torch.full(shape, 1.2 * low, dtype=dt)),
+            (f"{name}: constant -inf", torch.full(shape, -math.inf, dtype=dt)),
+        ]
+    print("| argument of `exp_`, [64, 61, 61] | ms (median of 7) |")
+    print("|---|---|")
+    for label, x in cases:
+        y = x.clone()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                y.copy_(x).exp_()
+            ts.append((time.perf_counter() - t0) / 20)
+        print(f"| {label} | {1e3 * statistics.median(ts):.3f} |")
+
+
 def profile(rows: int = 12) -> None:
     """Where the CPU time of one forward + backward of the table 2 problem at the
     defaults goes, by operator (``torch.profiler``, self CPU time; one warm-up run)."""
@@ -194,6 +233,7 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--exp", action="store_true", help="exp_ time by argument range")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -203,6 +243,8 @@ def main() -> None:
         return compiled_block()
     if args.profile:
         return profile()
+    if args.exp:
+        return exp_speed()
     count = {"solves": 0, "iters": 0, "mac": 0}
     solve, bmm, baddbmm = SK.solve, torch.bmm, torch.baddbmm
 

@@ -69,10 +69,10 @@ def _log_tau(dtype: torch.dtype) -> float:
 
 def _exp_low(dtype: torch.dtype) -> float:
     # On CPU, exp of an argument at or below log(tiny) (a subnormal or 0 result, or
-    # -inf) takes a slow path, 5-30x the time of the vectorised one (docs/loss.md), and
-    # Sinkhorn kernels at small reg are mostly such entries. Arguments are clamped one
-    # unit above it (exp = e * tiny, still a normal number); the kernel then zeroes what
-    # sits at the clamp, as an underflow would have.
+    # -inf) takes a slow path, up to 30-40x the time of the vectorised one
+    # (docs/loss.md), and Sinkhorn kernels at small reg are mostly such entries.
+    # Arguments are clamped one unit above it (exp = e * tiny, still a normal number);
+    # the kernel then zeroes what sits at the clamp, as an underflow would have.
     return math.log(torch.finfo(dtype).tiny) + 1.0
 
 
