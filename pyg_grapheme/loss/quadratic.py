@@ -135,7 +135,7 @@ class _Edges:
                                           check_invariants=False)
             with warnings.catch_warnings():  # "CSR support is in beta state"
                 warnings.simplefilter("ignore", UserWarning)
-                # CSR: its product with a dense matrix is ~1.7x COO's on CPU (docs/loss.md).
+                # CSR: its product with a dense matrix is 1.7-2x COO's on CPU (docs/loss.md).
                 self._sparse[key] = coo.coalesce().to_sparse_csr()
         return self._sparse[key]
 

@@ -98,11 +98,12 @@ def c_transform_rows(g: Tensor, M: Tensor, eps: float, col_ok: Tensor) -> Tensor
     # logsumexp by hand, its exp clamped at _exp_low (torch.logsumexp takes the slow
     # path on the many entries far below the row's max); absent columns count 0.
     mx = z.amax(dim=2, keepdim=True)
-    mx = torch.where(torch.isfinite(mx), mx, 0.0)
+    fin = torch.isfinite(mx)
+    mx = torch.where(fin, mx, 0.0)
     e = (z - mx).clamp_min_(_exp_low(z.dtype)).exp_().mul_(ok)
-    s = e.sum(2)
-    lse = s.log() + mx.squeeze(2)
-    return torch.where(s > 0, -eps * lse, torch.zeros_like(lse))
+    lse = e.sum(2).log() + mx.squeeze(2)
+    # No present column, or only infinite costs: 0, as torch.logsumexp's -inf / inf was.
+    return torch.where(fin.squeeze(2), -eps * lse, torch.zeros_like(lse))
 
 
 def c_transform_cols(f: Tensor, M: Tensor, eps: float, row_ok: Tensor) -> Tensor:
@@ -196,10 +197,8 @@ def solve(
         return (K.sum(2) - a).abs().sum(1)
 
     # A log-domain iteration first: it balances the kernel whatever the warm start, so
-    # no present row or column starts out all-underflowed. A warm start whose kernel
-    # is already balanced to within exp(+-log_tau / 4) on every present row and column
-    # needs none (the scalings of the first block stay in range; the fixed point is the
-    # same): it saves two log-sum-exps per warm-started solve.
+    # no present row or column starts out all-underflowed (skipping it for balanced warm
+    # starts was measured and not kept: docs/loss.md).
     f, g = log_step(f, g)
     K = kernel(f, g)
     err = row_err(K)
@@ -260,6 +259,7 @@ def solve(
                 since_exp = 0
             else:
                 K = K.mul_(u.unsqueeze(2)).mul_(v.unsqueeze(1))
+                torch.threshold_(K, low_cut, 0.0)  # no subnormals from the product either
         else:
             # Scalings left the safe range (or method="log"): redo the block exactly.
             for _ in range(k):
