@@ -103,21 +103,6 @@ class _Edges:
         out._sparse = {}
         return out
 
-    def adjacency(self, which: str) -> Tensor:
-        """``"A"``, ``"At"`` (pred), ``"B"``, ``"Bt"`` (target): detached, sparse COO."""
-        if which not in self._sparse:
-            pred = which[0] == "A"
-            N = self.B * (self.R if pred else self.C)
-            src, dst = (self.pr_src, self.pr_dst) if pred else (self.tc_src, self.tc_dst)
-            if which.endswith("t"):
-                src, dst = dst, src
-            w = (self.wp if pred else self.wt).detach()
-            coo = torch.sparse_coo_tensor(
-                torch.stack([src, dst]), w, (N, N), check_invariants=False
-            )
-            self._sparse[which] = coo.coalesce()
-        return self._sparse[which]
-
     def stacked(self, side: str) -> Tensor:
         """``"A"``: ``[A; A^T]`` ``[2BR, BR]``; ``"B"``: ``[B | B^T]`` ``[BC, 2BC]``
         (detached, sparse CSR): the two products of :meth:`grad` in one call each."""
@@ -131,32 +116,26 @@ class _Edges:
                 N, src, dst, w = self.B * self.C, self.tc_src, self.tc_dst, self.wt.detach()
                 rows, cols = torch.cat([src, dst]), torch.cat([dst, src + N])
                 shape = (N, 2 * N)
-            coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([w, w]), shape,
-                                          check_invariants=False)
-            with warnings.catch_warnings():  # "CSR support is in beta state"
-                warnings.simplefilter("ignore", UserWarning)
-                # CSR: its product with a dense matrix is 1.7-2x COO's on CPU (docs/loss.md).
-                self._sparse[key] = coo.coalesce().to_sparse_csr()
+            # CSR: its product with a dense matrix is 1.7-2x COO's on CPU (docs/loss.md).
+            self._sparse[key] = _sparse_matrix(rows, cols, torch.cat([w, w]), shape, csr=True)
         return self._sparse[key]
 
-    def _right_bt(self, X: Tensor, transpose: bool) -> Tensor:
-        """``X B^T`` (or ``X B`` if transpose) for ``X`` ``[B, R, C]``: ``(B X^T)^T``."""
+    def _right_bt(self, X: Tensor) -> Tensor:
+        """``X B^T`` for ``X`` ``[B, R, C]``: ``(B X^T)^T``."""
         B, R, C = X.shape
         Xt = X.transpose(1, 2).reshape(B * C, R)
         if self.wt.requires_grad and torch.is_grad_enabled():
             # Differentiable w.r.t. the target's edge weights: scatter,
             # (X B^T)[:, j] = sum_{j -> l} w' X[:, l].
-            src, dst = (self.tc_dst, self.tc_src) if transpose else (self.tc_src, self.tc_dst)
-            out = Xt.new_zeros(B * C, R).index_add(0, src, self.wt.unsqueeze(1) * Xt[dst])
+            out = Xt.new_zeros(B * C, R).index_add(
+                0, self.tc_src, self.wt.unsqueeze(1) * Xt[self.tc_dst])
         else:
-            out = torch.sparse.mm(self.adjacency("Bt" if transpose else "B"), Xt)
+            if "B" not in self._sparse:
+                N = B * C
+                self._sparse["B"] = _sparse_matrix(self.tc_src, self.tc_dst,
+                                                   self.wt.detach(), (N, N), csr=False)
+            out = torch.sparse.mm(self._sparse["B"], Xt)
         return out.view(B, C, R).transpose(1, 2)
-
-    def _left_a(self, X: Tensor, transpose: bool) -> Tensor:
-        """``A X`` (or ``A^T X``) for a constant ``X`` ``[B, R, C]``."""
-        B, R, C = X.shape
-        out = torch.sparse.mm(self.adjacency("At" if transpose else "A"), X.reshape(B * R, C))
-        return out.view(B, R, C)
 
     @torch.no_grad()
     def grad(self, P: Tensor) -> Tensor:
@@ -192,10 +171,22 @@ class _Edges:
         out = out.index_add(0, self.peb, self.f(self.wp) * r[self.pr_src] * r[self.pr_dst])
         out = out.index_add(0, self.teb, self.f(self.wt) * c[self.tc_src] * c[self.tc_dst])
         # <P, A P B^T> = sum_{e=(i->k)} w_e <P[i, :], (P B^T)[k, :]>
-        PBt = self._right_bt(P, False).reshape(B * R, C)
+        PBt = self._right_bt(P).reshape(B * R, C)
         Pf = P.reshape(B * R, C)
         s = (Pf[self.pr_src] * PBt[self.pr_dst]).sum(1)
         return out.index_add(0, self.peb, -2.0 * self.wp * s)
+
+
+def _sparse_matrix(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int],
+                   csr: bool) -> Tensor:
+    """A coalesced sparse matrix (duplicate entries summed), COO or CSR."""
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape,
+                                  check_invariants=False).coalesce()
+    if not csr:
+        return coo
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.to_sparse_csr()
 
 
 class _DenseEdges:

@@ -93,17 +93,22 @@ def c_transform_rows(g: Tensor, M: Tensor, eps: float, col_ok: Tensor) -> Tensor
     every row (also rows of mass 0) as long as one column is present; 0 otherwise.
     Shapes: ``g [B, m]``, ``M [B, n, m]``, ``col_ok [B, m]`` -> ``[B, n]``.
     """
-    ok = col_ok.unsqueeze(1)
-    z = torch.where(ok, (g.unsqueeze(1) - M) / eps, float("-inf"))
-    # logsumexp by hand, its exp clamped at _exp_low (torch.logsumexp takes the slow
-    # path on the many entries far below the row's max); absent columns count 0.
-    mx = z.amax(dim=2, keepdim=True)
+    z = torch.where(col_ok.unsqueeze(1), (g.unsqueeze(1) - M) / eps, float("-inf"))
+    return _soft_min(z, 2, eps)
+
+
+def _soft_min(z: Tensor, dim: int, eps: float) -> Tensor:
+    r""":math:`-\varepsilon \log \sum \exp z` along ``dim``, ``z`` a fresh temporary
+    (overwritten) with ``-inf`` on absent entries; 0 where the max is not finite (nothing
+    present, or infinite costs), as the ``-inf`` / ``inf`` of :func:`torch.logsumexp`
+    were. By hand, its ``exp`` clamped at :func:`_exp_low`: ``torch.logsumexp`` takes the
+    slow path on the many entries far below the max, and absent entries add
+    ``e * tiny``, nothing a sum >= 1 can see."""
+    mx = z.amax(dim=dim, keepdim=True)
     fin = torch.isfinite(mx)
     mx = torch.where(fin, mx, 0.0)
-    e = (z - mx).clamp_min_(_exp_low(z.dtype)).exp_().mul_(ok)
-    lse = e.sum(2).log() + mx.squeeze(2)
-    # No present column, or only infinite costs: 0, as torch.logsumexp's -inf / inf was.
-    return torch.where(fin.squeeze(2), -eps * lse, torch.zeros_like(lse))
+    lse = z.sub_(mx).clamp_min_(_exp_low(z.dtype)).exp_().sum(dim).log_() + mx.squeeze(dim)
+    return torch.where(fin.squeeze(dim), -eps * lse, 0.0)
 
 
 def c_transform_cols(f: Tensor, M: Tensor, eps: float, row_ok: Tensor) -> Tensor:
@@ -179,20 +184,14 @@ def solve(
     log_a = torch.where(row_ok, a.clamp_min(floor).log(), 0.0)
     log_b = torch.where(col_ok, b.clamp_min(floor).log(), 0.0)
 
-    def soft_min(pot: Tensor, dim: int) -> Tensor:
-        # c_transform_rows (dim=2) / _cols (dim=1) on M_eps, whose +inf already masks
-        # the absent cells: six passes over [B, n, m] instead of nine.
-        z = pot.unsqueeze(3 - dim) / eps - M_eps
-        mx = z.amax(dim=dim, keepdim=True)
-        fin = torch.isfinite(mx)
-        mx = torch.where(fin, mx, 0.0)
-        lse = z.sub_(mx).clamp_min_(low).exp_().sum(dim).log_() + mx.squeeze(dim)
-        return torch.where(fin.squeeze(dim), -eps * lse, 0.0)
-
     def log_step(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        # One exact log-domain iteration (POT's sinkhorn_log update, rows then columns).
-        f = torch.where(row_ok, eps * log_a + soft_min(g, 2), 0.0)
-        g = torch.where(col_ok, eps * log_b + soft_min(f, 1), 0.0)
+        # One exact log-domain iteration (POT's sinkhorn_log update, rows then columns):
+        # c_transform_rows / _cols on M_eps, whose +inf already masks the absent cells
+        # (six passes over [B, n, m] each instead of nine).
+        f = torch.where(row_ok, eps * log_a + _soft_min(g.unsqueeze(1) / eps - M_eps, 2, eps),
+                        0.0)
+        g = torch.where(col_ok, eps * log_b + _soft_min(f.unsqueeze(2) / eps - M_eps, 1, eps),
+                        0.0)
         return f, g
 
     def kernel(f: Tensor, g: Tensor) -> Tensor:
